@@ -1,0 +1,144 @@
+"""LMSeg's configuration keys, added to detectron2's defaults by :func:`add_lmseg_config`.
+
+Every key is commented where it is defined. Defaults describe LMSeg with CLIP ViT-B/16 and SAM ViT-B;
+``configs/*.yaml`` override what differs (ViT-L, the tiny test model, CAT-Seg's setting, ablations).
+"""
+from detectron2.config import CfgNode as CN
+
+SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+
+
+def add_lmseg_config(cfg: CN) -> None:
+    """Add LMSeg's keys (model, data, solver, test) to a detectron2 config, in place."""
+    _add_model_config(cfg)
+    _add_test_config(cfg)
+    _add_solver_config(cfg)
+
+
+def _add_model_config(cfg: CN) -> None:
+    # The meta-architecture, registered in detectron2's META_ARCH_REGISTRY on `import lmseg`.
+    cfg.MODEL.META_ARCHITECTURE = "LMSeg"
+    # Label value skipped by the loss (and by evaluation after the dataset's own value is mapped).
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+
+    cfg.MODEL.CLIP = CN()
+    # open_clip architecture name ("ViT-B-16", "ViT-L-14-336", ...) or one LMSeg registers
+    # ("LMSeg-Tiny", a few-layer random CLIP for tests and installation checks).
+    cfg.MODEL.CLIP.NAME = "ViT-B-16"
+    # open_clip pretrained tag ("openai", ...) or a checkpoint file path; "" = random initialisation
+    # (the weights may then come from MODEL.WEIGHTS).
+    cfg.MODEL.CLIP.PRETRAINED = "openai"
+    # QuickGELU activations, as OpenAI's CLIP weights were trained with.
+    cfg.MODEL.CLIP.QUICK_GELU = True
+    # Which CLIP weights train: "none", "attention_qv" (query and value weights of every attention
+    # of both towers), "attention" (all attention weights and biases), "full".
+    cfg.MODEL.CLIP.FINETUNE = "attention_qv"
+    # Square input resolution of CLIP's image tower inside the model (the patch grid is
+    # IMAGE_SIZE / patch size, e.g. 384 / 16 = 24). The stored position embedding is resized to it.
+    cfg.MODEL.CLIP.IMAGE_SIZE = 384
+    # 0-based visual blocks whose patch tokens guide the decoder, one per decoder stage.
+    cfg.MODEL.CLIP.GUIDANCE_LAYERS = [3, 7]
+    # CLIP's normalisation on the 0-255 scale.
+    cfg.MODEL.CLIP.PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
+    cfg.MODEL.CLIP.PIXEL_STD = [68.5005327, 66.6321579, 70.3231630]
+    # Prompts encoded per text-tower batch (bounds memory for large vocabularies).
+    cfg.MODEL.CLIP.TEXT_BATCH_SIZE = 1024
+
+    cfg.MODEL.SAM = CN()
+    # Use Segment Anything's image encoder; False gives the CLIP-only (CAT-Seg) architecture.
+    cfg.MODEL.SAM.ENABLED = True
+    # segment_anything encoder size: "vit_b", "vit_l", "vit_h", or "tiny" (random, for tests).
+    cfg.MODEL.SAM.TYPE = "vit_b"
+    # SAM checkpoint: a file path or an http(s) URL (downloaded once into torch's hub cache);
+    # "" = random initialisation. Full SAM checkpoints and image-encoder-only ones both load.
+    cfg.MODEL.SAM.CHECKPOINT = SAM_VIT_B_URL
+    # Square input resolution of SAM inside the model (1024 is native; other sizes interpolate the
+    # absolute position embedding). The main speed lever of the model.
+    cfg.MODEL.SAM.INPUT_SIZE = 1024
+    # Which SAM weights train: "none", "qkv_proj" (attention qkv.weight and proj.weight of every
+    # block), "full".
+    cfg.MODEL.SAM.FINETUNE = "qkv_proj"
+    # SAM's normalisation on the 0-255 scale.
+    cfg.MODEL.SAM.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    cfg.MODEL.SAM.PIXEL_STD = [58.395, 57.12, 57.375]
+
+    cfg.MODEL.FUSION = CN()
+    # How CLIP and SAM features combine: "weighted" (w * clip + (1 - w) * sam, w learned),
+    # "clip_only" (needs MODEL.SAM.ENABLED False), "sam_only", "add", "concat" (+ 1x1 conv),
+    # "attention" (CLIP features attend to SAM features).
+    cfg.MODEL.FUSION.MODE = "weighted"
+    # Initial w of the weighted fusion, in (0, 1); w = sigmoid(parameter) stays in [0, 1].
+    cfg.MODEL.FUSION.WEIGHT_INIT = 0.5
+    # One weight per channel instead of a single scalar.
+    cfg.MODEL.FUSION.PER_CHANNEL = False
+    # Heads of the "attention" fusion.
+    cfg.MODEL.FUSION.ATTENTION_HEADS = 8
+
+    cfg.MODEL.PROMPTS = CN()
+    # Templates, each formatted with the class name ("{}"), giving one prompt per class each.
+    cfg.MODEL.PROMPTS.TEMPLATES = ["A photo of a {} in the scene"]
+    # Optional JSON of LLM-written descriptions: {class name: [description, ...]}, the same number
+    # for every class. They follow the templates as further prompts. "" = templates only.
+    cfg.MODEL.PROMPTS.DESCRIPTIONS = ""
+
+    cfg.MODEL.COST = CN()
+    # Channels of the cost embedding and of the whole aggregator.
+    cfg.MODEL.COST.EMBED_DIM = 128
+    # Kernel of the convolution that embeds the P prompt costs of each class.
+    cfg.MODEL.COST.KERNEL_SIZE = 7
+
+    cfg.MODEL.AGGREGATOR = CN()
+    # Number of (spatial, class) aggregation layers.
+    cfg.MODEL.AGGREGATOR.NUM_LAYERS = 2
+    # Attention heads of both the spatial and the class blocks.
+    cfg.MODEL.AGGREGATOR.NUM_HEADS = 4
+    # MLP hidden size as a multiple of EMBED_DIM.
+    cfg.MODEL.AGGREGATOR.MLP_RATIO = 4
+    # Swin window (in grid cells); the second block of each pair shifts by half of it.
+    cfg.MODEL.AGGREGATOR.WINDOW_SIZE = 12
+    # Channels of the projected appearance (image feature) and text guidance.
+    cfg.MODEL.AGGREGATOR.APPEARANCE_GUIDANCE_DIM = 128
+    cfg.MODEL.AGGREGATOR.TEXT_GUIDANCE_DIM = 128
+    # Spatial average pooling before class attention, in training and at inference.
+    cfg.MODEL.AGGREGATOR.POOLING = [2, 2]
+    cfg.MODEL.AGGREGATOR.TEST_POOLING = [1, 1]
+
+    cfg.MODEL.DECODER = CN()
+    # Output channels of the upsampling stages (each doubles the resolution).
+    cfg.MODEL.DECODER.DIMS = [64, 32]
+    # Channels of the CLIP guidance each stage concatenates, after its 3x3 projection.
+    cfg.MODEL.DECODER.GUIDANCE_DIMS = [32, 16]
+    # Channels of the transposed convolutions that bring the guidance to each stage's resolution.
+    cfg.MODEL.DECODER.GUIDANCE_UPSAMPLE_DIMS = [256, 128]
+    # Channels per GroupNorm group in the decoder's convolutions.
+    cfg.MODEL.DECODER.NORM_GROUP_SIZE = 16
+
+    cfg.MODEL.LMSEG = CN()
+    # Classes kept per image (or window) when the vocabulary is larger: those with the highest peak
+    # similarity; the others get a logit of -100. Also the class-attention padding length.
+    cfg.MODEL.LMSEG.CLASS_CAP = 256
+    # Classes processed at once by the per-class stages (spatial blocks, decoder): bounds memory.
+    cfg.MODEL.LMSEG.CLASS_CHUNK = 128
+    # Pad images to a multiple of this before resizing them to CLIP's input (0 = no padding).
+    cfg.MODEL.LMSEG.SIZE_DIVISIBILITY = 0
+
+
+def _add_test_config(cfg: CN) -> None:
+    # Sliding-window inference: windows on a square grid, averaged with a whole-image view.
+    cfg.TEST.SLIDING_WINDOW = False
+    # Side of the square grid the image is resized to, and of each window on it.
+    cfg.TEST.SLIDING_GRID = 640
+    cfg.TEST.SLIDING_WINDOW_SIZE = 384
+    # Fraction of a window shared with its neighbour (stride = int(size * (1 - overlap))).
+    cfg.TEST.SLIDING_OVERLAP = 0.333
+    # Weight of the whole-image view in the final average (the windows get 1 - this).
+    cfg.TEST.SLIDING_GLOBAL_WEIGHT = 0.5
+    # Whole-image inference with SIZE_DIVISIBILITY > 0: keep the padded strip when resizing the
+    # prediction to the output size (CAT-Seg does; it shifts the prediction) instead of cropping it.
+    cfg.TEST.KEEP_PADDING = False
+
+
+def _add_solver_config(cfg: CN) -> None:
+    # Learning-rate multipliers of the fine-tuned CLIP and SAM weights.
+    cfg.SOLVER.CLIP_MULTIPLIER = 0.01
+    cfg.SOLVER.SAM_MULTIPLIER = 0.01

@@ -1,0 +1,118 @@
+"""Fusion of CLIP's dense features with SAM's, after projecting SAM's to CLIP's width.
+
+LMSeg's choice is the learnable weighted sum ``F = w * F_clip + (1 - w) * F_sam``; the other modes
+are the ablations of the paper. The SAM projection starts at zero, so a new model starts out
+computing exactly what the CLIP-only model computes (the cost volume is a cosine, blind to the
+factor w), and SAM's contribution is learned from there.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FUSION_MODES = ("weighted", "clip_only", "sam_only", "add", "concat", "attention")
+
+
+class FeatureFusion(nn.Module):
+    """Combine CLIP features (N, C, h, w) with SAM features (N, C_sam, h, w) into (N, C, h, w).
+
+    Args:
+        mode: one of :data:`FUSION_MODES`.
+        clip_dim: C, the width of CLIP's dense features.
+        sam_dim: C_sam, the width of SAM's features (ignored for "clip_only").
+        weight_init: initial w of the weighted sum, in (0, 1).
+        per_channel: one weight per channel instead of one scalar.
+        attention_heads: heads of the "attention" mode.
+    """
+
+    def __init__(
+        self,
+        mode: str = "weighted",
+        *,
+        clip_dim: int,
+        sam_dim: int = 256,
+        weight_init: float = 0.5,
+        per_channel: bool = False,
+        attention_heads: int = 8,
+    ):
+        super().__init__()
+        if mode not in FUSION_MODES:
+            raise ValueError(f"MODEL.FUSION.MODE={mode!r} is not one of {FUSION_MODES}")
+        self.mode = mode
+        if mode == "clip_only":
+            return
+        self.sam_proj = nn.Conv2d(sam_dim, clip_dim, kernel_size=1)
+        nn.init.zeros_(self.sam_proj.weight)
+        nn.init.zeros_(self.sam_proj.bias)
+        if mode == "weighted":
+            if not 0.0 < weight_init < 1.0:
+                raise ValueError(f"MODEL.FUSION.WEIGHT_INIT={weight_init} must lie strictly between 0 and 1")
+            logit = math.log(weight_init / (1.0 - weight_init))
+            self.weight_logit = nn.Parameter(torch.full((clip_dim if per_channel else 1,), logit))
+        elif mode == "concat":
+            self.merge = nn.Conv2d(2 * clip_dim, clip_dim, kernel_size=1)
+        elif mode == "attention":
+            if clip_dim % attention_heads:
+                raise ValueError(
+                    f"MODEL.FUSION.ATTENTION_HEADS={attention_heads} does not divide the feature width {clip_dim}"
+                )
+            self.attention = nn.MultiheadAttention(clip_dim, attention_heads, batch_first=True)
+            self.norm = nn.LayerNorm(clip_dim)
+
+    @property
+    def uses_sam(self) -> bool:
+        return self.mode != "clip_only"
+
+    @property
+    def weight(self) -> Optional[torch.Tensor]:
+        """w of the weighted sum (1 or C values in [0, 1]); None for the other modes."""
+        if self.mode != "weighted":
+            return None
+        return torch.sigmoid(self.weight_logit)
+
+    def forward(self, clip_feats: torch.Tensor, sam_feats: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.mode == "clip_only":
+            return clip_feats
+        if sam_feats is None:
+            raise ValueError(f"fusion mode {self.mode!r} needs SAM features")
+        sam = self.sam_proj(sam_feats)  # (N, C, h, w)
+        if self.mode == "sam_only":
+            return sam
+        if self.mode == "add":
+            return clip_feats + sam
+        if self.mode == "weighted":
+            w = self.weight.to(clip_feats.dtype).view(1, -1, 1, 1)
+            return w * clip_feats + (1.0 - w) * sam
+        if self.mode == "concat":
+            return self.merge(torch.cat([clip_feats, sam], dim=1))
+        # attention: every CLIP position attends to all SAM positions; residual on CLIP.
+        n, c, h, w = clip_feats.shape
+        q = clip_feats.flatten(2).transpose(1, 2)  # (N, h*w, C)
+        kv = self.norm(sam.flatten(2).transpose(1, 2))
+        out, _ = self.attention(self.norm(q), kv, kv, need_weights=False)
+        return (q + out).transpose(1, 2).reshape(n, c, h, w)
+
+
+def crop_and_resize(features: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop boxes out of feature maps and resample each to size x size, bilinearly.
+
+    Args:
+        features: (N, C, H, W).
+        boxes: (M, 5) rows of (index into N, x0, y0, x1, y1) in relative coordinates [0, 1].
+        size: output side.
+
+    Returns:
+        (M, C, size, size); the sampling points are the centres of the output cells.
+    """
+    idx = boxes[:, 0].long()
+    x0, y0, x1, y1 = boxes[:, 1:].to(features.dtype).unbind(1)
+    steps = (torch.arange(size, device=features.device, dtype=features.dtype) + 0.5) / size
+    # grid_sample's coordinates run from -1 to 1 across the whole map (align_corners=False).
+    gx = (x0[:, None] + (x1 - x0)[:, None] * steps) * 2 - 1  # (M, size)
+    gy = (y0[:, None] + (y1 - y0)[:, None] * steps) * 2 - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (M, size, size, 2)
+    return F.grid_sample(features[idx], grid, mode="bilinear", align_corners=False)

@@ -1,0 +1,509 @@
+"""LMSeg: the meta-architecture that strings the stages together.
+
+image -> CLIP dense features + guidance, SAM features -> fusion -> cost volume against the class
+prompts -> cost embedding -> aggregator -> decoder -> per-class logits; BCE loss in training, sigmoid
+scores at the input's size at inference (whole image or sliding window).
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList
+from torch import nn
+
+from .aggregator import Aggregator
+from .clip_encoder import ClipEncoder, build_clip_encoder
+from .cost import CostEmbedding, cost_volume
+from .decoder import Decoder
+from .fusion import FeatureFusion, crop_and_resize
+from .loss import sem_seg_bce_loss
+from .prompts import PromptBuilder, TextEmbeddingCache, load_descriptions, validate_vocabulary
+from .sam_encoder import SamEncoder, build_sam_encoder
+from .summary import log_parameter_summary
+
+logger = logging.getLogger(__name__)
+
+# Logit given to the classes left out by the class cap.
+EXCLUDED_LOGIT = -100.0
+
+
+@META_ARCH_REGISTRY.register()
+class LMSeg(nn.Module):
+    """Open-vocabulary semantic segmentation with CLIP, SAM and class prompts.
+
+    Inputs are detectron2's list of dicts (``image``: 3 x H x W uint8 RGB, ``height``, ``width``,
+    and ``sem_seg`` in training). Training returns ``{"loss_sem_seg": loss}``; inference returns
+    ``[{"sem_seg": T x height x width scores}]`` over the current vocabulary
+    (:meth:`set_vocabulary`).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        clip: ClipEncoder,
+        sam: Optional[SamEncoder],
+        fusion: FeatureFusion,
+        prompt_builder: PromptBuilder,
+        cost_embed: CostEmbedding,
+        aggregator: Aggregator,
+        decoder: Decoder,
+        clip_pixel_mean: Sequence[float],
+        clip_pixel_std: Sequence[float],
+        sam_pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
+        sam_pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
+        class_cap: int = 256,
+        class_chunk: int = 128,
+        ignore_value: int = 255,
+        size_divisibility: int = 0,
+        keep_padding: bool = False,
+        sliding_window: bool = False,
+        sliding_grid: int = 640,
+        sliding_window_size: int = 384,
+        sliding_overlap: float = 0.333,
+        sliding_global_weight: float = 0.5,
+        vocabulary: Sequence[str] = (),
+    ):
+        super().__init__()
+        if fusion.uses_sam != (sam is not None):
+            raise ValueError(
+                f"MODEL.FUSION.MODE={fusion.mode!r} and MODEL.SAM.ENABLED={sam is not None} disagree: "
+                "'clip_only' fusion goes with MODEL.SAM.ENABLED False, every other mode needs SAM"
+            )
+        if class_cap < 1:
+            raise ValueError(f"MODEL.LMSEG.CLASS_CAP={class_cap} must be at least 1")
+        if class_chunk < 1:
+            raise ValueError(f"MODEL.LMSEG.CLASS_CHUNK={class_chunk} must be at least 1")
+        if not 0.0 <= sliding_overlap < 1.0:
+            raise ValueError(f"TEST.SLIDING_OVERLAP={sliding_overlap} must lie in [0, 1)")
+        if sliding_window_size > sliding_grid:
+            raise ValueError(
+                f"TEST.SLIDING_WINDOW_SIZE={sliding_window_size} is larger than TEST.SLIDING_GRID={sliding_grid}"
+            )
+        self.clip = clip
+        self.sam = sam
+        self.fusion = fusion
+        self.prompt_builder = prompt_builder
+        self.cost_embed = cost_embed
+        self.aggregator = aggregator
+        self.decoder = decoder
+        aggregator.check_grid(clip.grid_size)
+        if len(clip.guidance_layers) != decoder.num_stages:
+            raise ValueError(
+                f"MODEL.CLIP.GUIDANCE_LAYERS has {len(clip.guidance_layers)} entries but the decoder has "
+                f"{decoder.num_stages} stages (MODEL.DECODER.DIMS): give one guidance layer per stage"
+            )
+        self.register_buffer("clip_pixel_mean", torch.tensor(clip_pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("clip_pixel_std", torch.tensor(clip_pixel_std).view(-1, 1, 1), False)
+        self.register_buffer("sam_pixel_mean", torch.tensor(sam_pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("sam_pixel_std", torch.tensor(sam_pixel_std).view(-1, 1, 1), False)
+        self.class_cap = class_cap
+        self.class_chunk = class_chunk
+        self.ignore_value = ignore_value
+        self.size_divisibility = size_divisibility
+        self.keep_padding = keep_padding
+        self.sliding_window = sliding_window
+        self.sliding_grid = sliding_grid
+        self.sliding_window_size = sliding_window_size
+        self.sliding_overlap = sliding_overlap
+        self.sliding_global_weight = sliding_global_weight
+        self._text_cache = TextEmbeddingCache()
+        self._vocabulary: Tuple[str, ...] = ()
+        self._prompts: List[List[str]] = []
+        if vocabulary:
+            self.set_vocabulary(vocabulary)
+        log_parameter_summary(self)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        sam_enabled = cfg.MODEL.SAM.ENABLED
+        clip = build_clip_encoder(
+            cfg.MODEL.CLIP.NAME,
+            cfg.MODEL.CLIP.PRETRAINED,
+            quick_gelu=cfg.MODEL.CLIP.QUICK_GELU,
+            image_size=cfg.MODEL.CLIP.IMAGE_SIZE,
+            guidance_layers=cfg.MODEL.CLIP.GUIDANCE_LAYERS,
+            finetune=cfg.MODEL.CLIP.FINETUNE,
+            text_batch_size=cfg.MODEL.CLIP.TEXT_BATCH_SIZE,
+        )
+        sam = None
+        if sam_enabled:
+            sam = build_sam_encoder(
+                cfg.MODEL.SAM.TYPE,
+                cfg.MODEL.SAM.CHECKPOINT,
+                input_size=cfg.MODEL.SAM.INPUT_SIZE,
+                finetune=cfg.MODEL.SAM.FINETUNE,
+            )
+        fusion = FeatureFusion(
+            cfg.MODEL.FUSION.MODE,
+            clip_dim=clip.embed_dim,
+            sam_dim=sam.out_channels if sam is not None else 0,
+            weight_init=cfg.MODEL.FUSION.WEIGHT_INIT,
+            per_channel=cfg.MODEL.FUSION.PER_CHANNEL,
+            attention_heads=cfg.MODEL.FUSION.ATTENTION_HEADS,
+        )
+        descriptions = cfg.MODEL.PROMPTS.DESCRIPTIONS
+        prompt_builder = PromptBuilder(
+            cfg.MODEL.PROMPTS.TEMPLATES, load_descriptions(descriptions) if descriptions else None
+        )
+        embed_dim = cfg.MODEL.COST.EMBED_DIM
+        class_cap, class_chunk = cfg.MODEL.LMSEG.CLASS_CAP, cfg.MODEL.LMSEG.CLASS_CHUNK
+        agg = cfg.MODEL.AGGREGATOR
+        aggregator = Aggregator(
+            feature_dim=clip.embed_dim,
+            embed_dim=embed_dim,
+            num_layers=agg.NUM_LAYERS,
+            num_heads=agg.NUM_HEADS,
+            window=agg.WINDOW_SIZE,
+            mlp_ratio=agg.MLP_RATIO,
+            appearance_guidance_dim=agg.APPEARANCE_GUIDANCE_DIM,
+            text_guidance_dim=agg.TEXT_GUIDANCE_DIM,
+            pooling=agg.POOLING,
+            test_pooling=agg.TEST_POOLING,
+            pad_to=class_cap,
+            class_chunk=class_chunk,
+        )
+        dec = cfg.MODEL.DECODER
+        decoder = Decoder(
+            embed_dim=embed_dim,
+            guidance_width=clip.width,
+            dims=dec.DIMS,
+            guidance_dims=dec.GUIDANCE_DIMS,
+            guidance_upsample_dims=dec.GUIDANCE_UPSAMPLE_DIMS,
+            norm_group_size=dec.NORM_GROUP_SIZE,
+            class_chunk=class_chunk,
+        )
+        return {
+            "clip": clip,
+            "sam": sam,
+            "fusion": fusion,
+            "prompt_builder": prompt_builder,
+            "cost_embed": CostEmbedding(prompt_builder.num_prompts, embed_dim, cfg.MODEL.COST.KERNEL_SIZE),
+            "aggregator": aggregator,
+            "decoder": decoder,
+            "clip_pixel_mean": cfg.MODEL.CLIP.PIXEL_MEAN,
+            "clip_pixel_std": cfg.MODEL.CLIP.PIXEL_STD,
+            "sam_pixel_mean": cfg.MODEL.SAM.PIXEL_MEAN,
+            "sam_pixel_std": cfg.MODEL.SAM.PIXEL_STD,
+            "class_cap": class_cap,
+            "class_chunk": class_chunk,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "size_divisibility": cfg.MODEL.LMSEG.SIZE_DIVISIBILITY,
+            "keep_padding": cfg.TEST.KEEP_PADDING,
+            "sliding_window": cfg.TEST.SLIDING_WINDOW,
+            "sliding_grid": cfg.TEST.SLIDING_GRID,
+            "sliding_window_size": cfg.TEST.SLIDING_WINDOW_SIZE,
+            "sliding_overlap": cfg.TEST.SLIDING_OVERLAP,
+            "sliding_global_weight": cfg.TEST.SLIDING_GLOBAL_WEIGHT,
+            "vocabulary": _initial_vocabulary(cfg),
+        }
+
+    # ----------------------------------------------------------------------------- vocabulary
+    @property
+    def device(self) -> torch.device:
+        return self.clip_pixel_mean.device
+
+    @property
+    def vocabulary(self) -> Tuple[str, ...]:
+        """The class names of every forward call, in output order."""
+        return self._vocabulary
+
+    @property
+    def num_prompts(self) -> int:
+        return self.prompt_builder.num_prompts
+
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Set the classes of every later forward call (training or inference).
+
+        A name is one class; it may list synonyms separated by ", " (the first one is used in the
+        prompts). Names must be unique.
+        """
+        names = validate_vocabulary(class_names)
+        self._prompts = self.prompt_builder(names)
+        self._vocabulary = tuple(names)
+
+    @contextmanager
+    def using_vocabulary(self, class_names: Sequence[str]) -> Iterator[None]:
+        """Temporarily set the vocabulary; the previous one is restored on exit."""
+        previous = self._vocabulary
+        self.set_vocabulary(class_names)
+        try:
+            yield
+        finally:
+            if previous:
+                self.set_vocabulary(previous)
+            else:
+                self._vocabulary, self._prompts = (), []
+
+    def text_embeddings(self) -> torch.Tensor:
+        """L2-normalised prompt embeddings (T, P, C) of the current vocabulary.
+
+        Recomputed whenever gradients must flow into a trainable text tower; otherwise cached,
+        keyed on the prompts and on the text weights' storage and version.
+        """
+        if not self._vocabulary:
+            raise RuntimeError("the model has no vocabulary: call model.set_vocabulary([...class names...]) first")
+        t, p = len(self._prompts), self.num_prompts
+        params = self.clip.text_parameters()
+
+        def compute() -> torch.Tensor:
+            flat = [text for prompts in self._prompts for text in prompts]
+            return self.clip.encode_text(flat).view(t, p, -1)
+
+        if torch.is_grad_enabled() and any(q.requires_grad for q in params):
+            return compute()
+        return self._text_cache.get(self._prompts, params, compute)
+
+    @property
+    def fusion_weight(self) -> Optional[torch.Tensor]:
+        """The learned CLIP weight w of the weighted fusion (None for other fusion modes)."""
+        return self.fusion.weight
+
+    # -------------------------------------------------------------------------------- forward
+    def forward(self, batched_inputs: List[Dict]) -> object:
+        images = [x["image"].to(self.device, non_blocking=True).float() for x in batched_inputs]
+        if self.training:
+            targets = [x["sem_seg"].to(self.device, non_blocking=True) for x in batched_inputs]
+            return self._forward_train(images, targets)
+        text = self.text_embeddings()
+        sizes = [(int(x.get("height", im.shape[-2])), int(x.get("width", im.shape[-1]))) for x, im in zip(batched_inputs, images)]
+        if self.sliding_window:
+            return self._inference_sliding(images, sizes, text)
+        return self._inference_whole(images, sizes, text)
+
+    def _forward_train(self, images: List[torch.Tensor], targets: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        batch = ImageList.from_tensors(images, self.size_divisibility).tensor  # (B, 3, H, W), 0-padded
+        labels = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor.long()
+        text = self.text_embeddings()
+        t = text.shape[0]
+        present = None
+        if t > self.class_cap:
+            # Classes present in an image's labels are always kept by the class cap.
+            valid = labels.flatten(1)
+            present = torch.zeros(len(images), t + 1, dtype=torch.bool, device=self.device)
+            present.scatter_(1, valid.clamp(0, t).masked_fill(valid == self.ignore_value, t), True)
+            present = present[:, :t]
+        sam = None
+        if self.sam is not None:
+            sam = self._sam_maps(self._sam_features(batch), self._full_boxes(len(images)))
+        logits = self._predict(self._clip_views(batch), sam, text, present)
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return {"loss_sem_seg": sem_seg_bce_loss(logits, labels, self.ignore_value)}
+
+    # ----------------------------------------------------------------------------- core pass
+    def _clip_views(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise (N, 3, H, W) 0-255 images for CLIP and resize them to its input size."""
+        x = (images - self.clip_pixel_mean) / self.clip_pixel_std
+        s = self.clip.image_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        return x
+
+    def _sam_features(self, images) -> torch.Tensor:
+        """SAM feature maps (N, C_sam, G, G) of N 0-255 images (a batch or a list of 3 x H x W),
+        each normalised and resized whole to SAM's input size."""
+        s = self.sam.input_size
+        batch = []
+        for image in images:
+            x = (image[None] - self.sam_pixel_mean) / self.sam_pixel_std
+            if x.shape[-2:] != (s, s):
+                x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+            batch.append(x)
+        x = torch.cat(batch)
+        return self.sam(x)
+
+    def _sam_maps(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Crop SAM feature maps to the areas of the CLIP views and resample them to CLIP's grid.
+
+        ``boxes`` holds one row (image index, x0, y0, x1, y1 in relative coordinates) per view, so
+        that both encoders' features of a view cover the same area. Returns (views, C_sam, g, g).
+        """
+        return crop_and_resize(features, boxes, self.clip.grid_size)
+
+    def _full_boxes(self, n: int) -> torch.Tensor:
+        boxes = torch.zeros(n, 5, device=self.device)
+        boxes[:, 0] = torch.arange(n)
+        boxes[:, 3:] = 1.0
+        return boxes
+
+    def _predict(
+        self,
+        clip_views: torch.Tensor,
+        sam_maps: Optional[torch.Tensor],
+        text: torch.Tensor,
+        keep_classes: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Logits (V, T, 4g, 4g) of V views.
+
+        Args:
+            clip_views: (V, 3, S, S) normalised CLIP inputs.
+            sam_maps: (V, C_sam, g, g) SAM features of the same areas, or None.
+            text: (T, P, C) prompt embeddings.
+            keep_classes: optional (V, T) bool of classes the class cap must keep.
+        """
+        dense, guidance = self.clip.encode_image(clip_views)
+        feats = self.fusion(dense, sam_maps)  # (V, C, g, g)
+        v, t = feats.shape[0], text.shape[0]
+        if t <= self.class_cap:
+            view_text = text.expand(v, *text.shape)  # (V, T, P, C)
+            keep = None
+        else:
+            keep = self._select_classes(feats, text, keep_classes)  # (V, cap)
+            view_text = text[keep]
+        cost = cost_volume(feats, view_text)  # (V, P, T', g, g)
+        x = self.aggregator(self.cost_embed(cost), feats, view_text)
+        logits = self.decoder(x, guidance)  # (V, T', 4g, 4g)
+        if keep is None:
+            return logits
+        full = logits.new_full((v, t, *logits.shape[-2:]), EXCLUDED_LOGIT)
+        return full.scatter(1, keep[:, :, None, None].expand(-1, -1, *logits.shape[-2:]), logits)
+
+    def _select_classes(
+        self, feats: torch.Tensor, text: torch.Tensor, keep_classes: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Indices (V, cap) of the classes with the highest peak cosine in each view.
+
+        The cost volume is computed in chunks of classes, so memory stays bounded whatever the
+        vocabulary size.
+        """
+        chunk = max(self.class_chunk, 1024)
+        scores = torch.cat(
+            [cost_volume(feats, text[i : i + chunk]).flatten(3).amax(dim=(1, 3)) for i in range(0, text.shape[0], chunk)],
+            dim=1,
+        ).float()  # (V, T)
+        if keep_classes is not None:
+            scores = scores.masked_fill(keep_classes, float("inf"))
+        return scores.topk(self.class_cap, dim=1).indices.sort(dim=1).values
+
+    # ----------------------------------------------------------------------------- inference
+    def _inference_whole(
+        self, images: List[torch.Tensor], sizes: List[Tuple[int, int]], text: torch.Tensor
+    ) -> List[Dict[str, torch.Tensor]]:
+        """Each image seen whole, resized (after optional padding) to CLIP's input size."""
+        padded = [self._pad(im) for im in images]
+        clip_views = torch.cat([self._clip_views(p[None]) for p in padded])
+        sam = None
+        if self.sam is not None:
+            sam = self._sam_maps(self._sam_features(padded), self._full_boxes(len(padded)))
+        logits = self._predict(clip_views, sam, text)
+        results = []
+        for i, (image, pad, size) in enumerate(zip(images, padded, sizes)):
+            crop = None
+            if not self.keep_padding and pad.shape[-2:] != image.shape[-2:]:
+                crop = (pad.shape[-2:], image.shape[-2:])
+            scores = self._map_classes(logits[i], lambda x: _resize_scores(x.sigmoid(), size, crop))
+            results.append({"sem_seg": scores})
+        return results
+
+    def _pad(self, image: torch.Tensor) -> torch.Tensor:
+        """Pad bottom/right to a multiple of the size divisibility with the CLIP mean colour.
+
+        (Zero after normalisation, so CLIP and SAM alike see a neutral strip.)
+        """
+        d = self.size_divisibility
+        if d <= 0:
+            return image
+        h, w = image.shape[-2:]
+        ph, pw = -h % d, -w % d
+        if not ph and not pw:
+            return image
+        out = self.clip_pixel_mean.expand(3, h + ph, w + pw).clone()
+        out[:, :h, :w] = image
+        return out
+
+    def _window_offsets(self) -> List[int]:
+        size, grid = self.sliding_window_size, self.sliding_grid
+        stride = max(int(size * (1 - self.sliding_overlap)), 1)
+        offsets = list(range(0, grid - size + 1, stride))
+        if offsets[-1] + size < grid:
+            offsets.append(grid - size)
+        return offsets
+
+    def _inference_sliding(
+        self, images: List[torch.Tensor], sizes: List[Tuple[int, int]], text: torch.Tensor
+    ) -> List[Dict[str, torch.Tensor]]:
+        """Windows over the image resized to a square grid, averaged with a whole-image view.
+
+        All views of all images run as one batch; SAM runs once per image on the grid image and
+        each window takes its crop of SAM's feature map.
+        """
+        grid, size = self.sliding_grid, self.sliding_window_size
+        offsets = [(y, x) for y in self._window_offsets() for x in self._window_offsets()]
+        views = []
+        for image in images:
+            g = F.interpolate(image[None], size=(grid, grid), mode="bilinear", align_corners=False)
+            views += [g[:, :, y : y + size, x : x + size] for y, x in offsets]
+            views.append(F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False))
+        clip_views = self._clip_views(torch.cat(views))
+        per_image = len(offsets) + 1
+        sam = None
+        if self.sam is not None:
+            # The grid is the whole image resized, so window (y, x) covers this part of SAM's map;
+            # the whole-image view covers all of it.
+            areas = [(x / grid, y / grid, (x + size) / grid, (y + size) / grid) for y, x in offsets] + [(0, 0, 1, 1)]
+            boxes = torch.tensor([[i, *a] for i in range(len(images)) for a in areas], device=self.device)
+            sam = self._sam_maps(self._sam_features(images), boxes)
+        logits = self._predict(clip_views, sam, text)
+
+        results = []
+        for i, size_out in enumerate(sizes):
+            image_logits = logits[i * per_image : (i + 1) * per_image]
+            fold = lambda x: self._fold_windows(x, offsets, size_out)  # noqa: E731
+            results.append({"sem_seg": self._map_classes(image_logits, fold, dim=1)})
+        return results
+
+    def _fold_windows(self, logits: torch.Tensor, offsets: List[Tuple[int, int]], size_out: Tuple[int, int]) -> torch.Tensor:
+        """Scores (T, H, W) from the logits (windows + 1, T, h, w) of one image's views."""
+        grid, size = self.sliding_grid, self.sliding_window_size
+        probs = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).sigmoid()
+        t = probs.shape[1]
+        acc = probs.new_zeros(t, grid, grid)
+        count = probs.new_zeros(1, grid, grid)
+        for (y, x), p in zip(offsets, probs[:-1]):
+            acc[:, y : y + size, x : x + size] += p
+            count[:, y : y + size, x : x + size] += 1
+        whole = F.interpolate(probs[-1:], size=(grid, grid), mode="bilinear", align_corners=False)[0]
+        w = self.sliding_global_weight
+        scores = (1 - w) * (acc / count) + w * whole
+        return _resize_scores(scores, size_out)
+
+    def _map_classes(self, x: torch.Tensor, fn, dim: int = 0) -> torch.Tensor:
+        """Apply ``fn`` to chunks of classes along ``dim`` and concatenate (bounds memory)."""
+        chunk = max(self.class_chunk, 1)
+        return torch.cat([fn(c).float() for c in x.split(chunk, dim=dim)], dim=0)
+
+
+def _resize_scores(scores: torch.Tensor, size: Tuple[int, int], crop=None) -> torch.Tensor:
+    """Resize (T, h, w) scores to ``size``; with ``crop = (padded size, content size)`` the padded
+    strip is cut away first."""
+    if crop is not None:
+        (ph, pw), (ch, cw) = crop
+        scores = F.interpolate(scores[None], size=(ph, pw), mode="bilinear", align_corners=False)[0, :, :ch, :cw]
+    if tuple(scores.shape[-2:]) != tuple(size):
+        scores = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
+    return scores
+
+
+def _initial_vocabulary(cfg) -> Tuple[str, ...]:
+    """The vocabulary of the first training dataset (or the first test dataset), if any."""
+    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    if not names:
+        return ()
+    from lmseg.data import ensure_datasets_registered
+
+    ensure_datasets_registered(names[:1])
+    classes = MetadataCatalog.get(names[0]).get("stuff_classes", None)
+    if not classes:
+        which = "DATASETS.TRAIN" if cfg.DATASETS.TRAIN else "DATASETS.TEST"
+        raise ValueError(
+            f"{which}[0]={names[0]!r} is not a registered dataset with a vocabulary (stuff_classes); use one "
+            "of the benchmark names, 'sem_seg_folder:<path>', or register it with detectron2"
+        )
+    return tuple(classes)
