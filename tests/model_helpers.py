@@ -1,0 +1,61 @@
+"""Shared helpers for the model tests: the tiny config, models built from it, synthetic batches."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from lmseg import add_lmseg_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
+VOCAB = ["cat", "dog", "sofa, couch", "window", "grass"]
+
+
+def tiny_cfg(*opts, config_file: str = TINY_CONFIG):
+    """The tiny config with ``KEY VALUE`` overrides and no datasets (so no vocabulary from them)."""
+    cfg = get_cfg()
+    add_lmseg_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ()
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def tiny_model(*opts, vocabulary: Sequence[str] = VOCAB, seed: int = 0, eval: bool = True):
+    torch.manual_seed(seed)
+    model = build_model(tiny_cfg(*opts))
+    model.set_vocabulary(vocabulary)
+    return model.eval() if eval else model.train()
+
+
+def train_batch(num_images: int = 2, size: int = 64, num_classes: int = len(VOCAB), seed: int = 0) -> List[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g),
+            "sem_seg": torch.randint(0, num_classes, (size, size), generator=g),
+        }
+        for _ in range(num_images)
+    ]
+
+
+def eval_batch(num_images: int = 1, hw=(72, 96), out_hw=(90, 120), seed: int = 0) -> List[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "image": torch.randint(0, 256, (3, *hw), dtype=torch.uint8, generator=g),
+            "height": out_hw[0],
+            "width": out_hw[1],
+        }
+        for _ in range(num_images)
+    ]
+
+
+def scores(model, batch) -> List[torch.Tensor]:
+    with torch.no_grad():
+        return [o["sem_seg"] for o in model(batch)]

@@ -1,0 +1,249 @@
+"""Model-level behaviour: fine-tuning masks, vocabulary handling, ignore pixels, errors, precision."""
+import copy
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from lmseg.modeling.summary import parameter_summary
+
+from model_helpers import VOCAB, eval_batch, scores, tiny_cfg, tiny_model, train_batch
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _expected_trainable(name: str, clip_mode: str, sam_mode: str) -> bool:
+    if name.startswith("clip."):
+        if name.endswith("logit_scale") or "visual.transformer.resblocks.2.attn.q_proj" in name or \
+                "visual.transformer.resblocks.2.attn.k_proj" in name:
+            return False  # unused by the forward pass (last visual block is value-only)
+        return {
+            "none": False,
+            "full": True,
+            "attention": ".attn." in name,
+            "attention_qv": name.endswith(("attn.q_proj_weight", "attn.v_proj_weight")),
+        }[clip_mode]
+    if name.startswith("sam."):
+        return {
+            "none": False,
+            "full": True,
+            "qkv_proj": name.endswith(("attn.qkv.weight", "attn.proj.weight")),
+        }[sam_mode]
+    return True  # new parts train fully
+
+
+@pytest.mark.parametrize(
+    "clip_mode,sam_mode",
+    [("attention_qv", "qkv_proj"), ("attention", "none"), ("none", "full"), ("full", "qkv_proj")],
+)
+def test_finetuning_trains_exactly_the_chosen_tensors(clip_mode, sam_mode):
+    model = tiny_model("MODEL.CLIP.FINETUNE", clip_mode, "MODEL.SAM.FINETUNE", sam_mode, eval=False)
+    names = dict(model.named_parameters())
+    for name, p in names.items():
+        assert p.requires_grad == _expected_trainable(name, clip_mode, sam_mode), name
+    if clip_mode == "attention_qv":
+        # query and value weights of both towers, nothing else of CLIP
+        clip_trained = {n for n, p in names.items() if n.startswith("clip.") and p.requires_grad}
+        assert any("visual" in n for n in clip_trained) and any("visual" not in n for n in clip_trained)
+        assert all(n.endswith(("q_proj_weight", "v_proj_weight")) for n in clip_trained)
+    if sam_mode == "qkv_proj":
+        sam_trained = {n for n, p in names.items() if n.startswith("sam.") and p.requires_grad}
+        assert len(sam_trained) == 2 * 2  # qkv.weight and proj.weight of each of the 2 blocks
+    before = _snapshot(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        opt.zero_grad()
+        model(train_batch(seed=step))["loss_sem_seg"].backward()
+        opt.step()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert not torch.equal(p, before[name]), f"{name} is trainable but did not change"
+        else:
+            assert torch.equal(p, before[name]), f"{name} is frozen but changed"
+
+
+def test_vocabulary_permutation_permutes_scores():
+    model = tiny_model()
+    batch = eval_batch()
+    base = scores(model, batch)[0]
+    perm = [3, 0, 4, 2, 1]
+    model.set_vocabulary([VOCAB[i] for i in perm])
+    torch.testing.assert_close(scores(model, batch)[0], base[perm], rtol=1e-4, atol=1e-5)
+    model.sliding_window = True
+    sliding = scores(model, batch)[0]
+    model.set_vocabulary(VOCAB)
+    torch.testing.assert_close(sliding, scores(model, batch)[0][perm], rtol=1e-4, atol=1e-5)
+
+
+def test_labels_under_ignore_pixels_do_not_change_the_loss():
+    model = tiny_model(eval=False)
+    batch = train_batch()
+    for item in batch:
+        item["sem_seg"][:20] = 255
+    loss = model(copy.deepcopy(batch))["loss_sem_seg"]
+    # the same images with other labels where the first ones were ignored: same loss
+    other = copy.deepcopy(batch)
+    for item in other:
+        item["sem_seg"][:20] = 255
+    torch.testing.assert_close(model(other)["loss_sem_seg"], loss)
+    changed = copy.deepcopy(batch)
+    changed[0]["sem_seg"][25:30] = (changed[0]["sem_seg"][25:30] + 1) % len(VOCAB)
+    assert not torch.allclose(model(changed)["loss_sem_seg"], loss)
+
+
+def test_vocabulary_of_one_and_two_thousand_classes_and_switching_back():
+    model = tiny_model()
+    batch = eval_batch()
+    first = scores(model, batch)[0]
+    model.set_vocabulary(["cat"])
+    assert scores(model, batch)[0].shape == (1, 90, 120)
+    big = [f"object number {i}" for i in range(2000)]
+    model.set_vocabulary(big)
+    out = scores(model, batch)[0]
+    assert out.shape == (2000, 90, 120)
+    # beyond the class cap (32 in the tiny config) the excluded classes score ~0
+    assert (out.amax(dim=(1, 2)) > 1e-6).sum() <= model.class_cap
+    model.set_vocabulary(VOCAB)
+    assert torch.equal(scores(model, batch)[0], first)
+
+
+def test_using_vocabulary_restores_the_previous_one():
+    model = tiny_model()
+    with model.using_vocabulary(["a", "b"]):
+        assert model.vocabulary == ("a", "b")
+    assert model.vocabulary == tuple(VOCAB)
+    with pytest.raises(RuntimeError):
+        with model.using_vocabulary(["a"]):
+            raise RuntimeError("evaluation failed")
+    assert model.vocabulary == tuple(VOCAB)
+
+
+def test_text_cache_follows_vocabulary_and_weights():
+    model = tiny_model()
+    with torch.no_grad():
+        a = model.text_embeddings()
+        assert model.text_embeddings() is a  # cached
+        model.set_vocabulary(["x", "y"])
+        b = model.text_embeddings()
+        assert b.shape[0] == 2
+        model.set_vocabulary(VOCAB)
+        torch.testing.assert_close(model.text_embeddings(), a)
+        # new text weights (an optimizer step, a checkpoint load) invalidate the cache
+        model.clip.model.ln_final.bias.add_(0.5)
+        assert not torch.allclose(model.text_embeddings(), a)
+        state = tiny_model(seed=1).state_dict()
+        model.load_state_dict(state)
+        c = model.text_embeddings()
+        torch.testing.assert_close(c, tiny_model(seed=1).text_embeddings())
+
+
+def test_training_recomputes_text_with_gradients():
+    model = tiny_model(eval=False)
+    model(train_batch())["loss_sem_seg"].backward()
+    q = model.clip.model.transformer.resblocks[0].attn.q_proj_weight
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_training_with_more_classes_than_the_cap_keeps_labelled_classes():
+    vocab = [f"class {i}" for i in range(40)]  # cap is 32
+    model = tiny_model(vocabulary=vocab, eval=False)
+    batch = train_batch(num_classes=40)
+    loss = model(batch)["loss_sem_seg"]
+    # with labelled classes forced into the kept set, no labelled pixel sees the -100 logit
+    assert loss.item() < 5.0
+    loss.backward()
+
+
+@pytest.mark.parametrize("bad,message", [
+    ([], "empty"),
+    (["cat", "cat"], "repeats 'cat'"),
+    (["cat", ""], "non-empty"),
+    ("cat,dog", "not one string"),
+])
+def test_bad_vocabularies(bad, message):
+    model = tiny_model()
+    with pytest.raises((ValueError, TypeError), match=message):
+        model.set_vocabulary(bad)
+    assert model.vocabulary == tuple(VOCAB)
+
+
+def test_synonym_names_and_duplicate_first_synonyms_are_distinct_classes():
+    model = tiny_model(vocabulary=["bag", "bag, handbag", "bag, traveling bag"])
+    out = scores(model, eval_batch())[0]
+    assert out.shape[0] == 3
+
+
+@pytest.mark.parametrize("opts,message", [
+    (("MODEL.CLIP.NAME", "ViT-Q-99"), r"MODEL.CLIP.NAME='ViT-Q-99' is not an open_clip architecture; accepted ViT names: .*ViT-B-16"),
+    (("MODEL.CLIP.PRETRAINED", "/no/such/clip.bin"), r"MODEL.CLIP.PRETRAINED='/no/such/clip.bin' is neither a file nor a pretrained tag"),
+    (("MODEL.SAM.CHECKPOINT", "/no/such/sam.pth"), r"MODEL.SAM.CHECKPOINT='/no/such/sam.pth': no such file"),
+    (("MODEL.SAM.TYPE", "vit_q"), r"MODEL.SAM.TYPE='vit_q' is not one of \('vit_b', 'vit_l', 'vit_h', 'tiny'\)"),
+    (("MODEL.FUSION.MODE", "multiply"), r"MODEL.FUSION.MODE='multiply' is not one of \('weighted', 'clip_only', 'sam_only', 'add', 'concat', 'attention'\)"),
+    (("MODEL.FUSION.MODE", "clip_only"), r"'clip_only' fusion goes with MODEL.SAM.ENABLED False"),
+    (("MODEL.SAM.ENABLED", "False"), r"MODEL.FUSION.MODE='weighted' and MODEL.SAM.ENABLED=False disagree"),
+    (("MODEL.CLIP.FINETUNE", "qv"), r"MODEL.CLIP.FINETUNE='qv' is not one of \('none', 'attention_qv', 'attention', 'full'\)"),
+    (("MODEL.SAM.FINETUNE", "qkv"), r"MODEL.SAM.FINETUNE='qkv' is not one of \('none', 'qkv_proj', 'full'\)"),
+    (("MODEL.CLIP.GUIDANCE_LAYERS", "[0, 2]"), r"MODEL.CLIP.GUIDANCE_LAYERS=\[0, 2\]: \[2\] out of range; accepted: 0 to 1"),
+    (("MODEL.AGGREGATOR.WINDOW_SIZE", "6"), r"not a multiple of MODEL.AGGREGATOR.WINDOW_SIZE=6"),
+    (("MODEL.CLIP.IMAGE_SIZE", "60"), r"MODEL.CLIP.IMAGE_SIZE=60 is not a multiple of the patch size 8"),
+])
+def test_bad_configuration_names_the_key(opts, message):
+    with pytest.raises((ValueError, FileNotFoundError, RuntimeError), match=message):
+        build_model(tiny_cfg(*opts))
+
+
+def test_unknown_dataset_for_vocabulary_is_a_clear_error():
+    cfg = tiny_cfg()
+    cfg.DATASETS.TRAIN = ("no_such_dataset_registered",)
+    with pytest.raises((KeyError, ValueError), match=r"'no_such_dataset_registered' is not .*registered"):
+        build_model(cfg)
+
+
+def test_forward_without_vocabulary_says_what_to_do():
+    model = build_model(tiny_cfg()).eval()
+    with pytest.raises(RuntimeError, match="set_vocabulary"):
+        scores(model, eval_batch())
+
+
+def test_parameter_summary_counts_everything():
+    model = tiny_model()
+    rows = parameter_summary(model)
+    total = rows[-1]
+    assert total[0] == "total"
+    assert total[1] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert total[2] == sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert {r[0] for r in rows} >= {"CLIP image tower", "CLIP text tower", "SAM image encoder", "fusion", "aggregator", "decoder"}
+
+
+def test_fusion_weight_is_readable():
+    model = tiny_model()
+    assert torch.allclose(model.fusion_weight, torch.tensor([0.5]))
+    assert tiny_model("MODEL.FUSION.MODE", "add").fusion_weight is None
+
+
+@pytest.mark.parametrize("opts", [
+    ("MODEL.SAM.ENABLED", "False", "MODEL.FUSION.MODE", "clip_only"),
+    ("MODEL.FUSION.MODE", "concat"),
+    ("MODEL.FUSION.MODE", "attention", "MODEL.FUSION.ATTENTION_HEADS", "4"),
+    ("MODEL.FUSION.MODE", "sam_only"),
+])
+def test_ablation_settings_train_and_infer(opts):
+    model = tiny_model(*opts, eval=False)
+    model(train_batch())["loss_sem_seg"].backward()
+    model.eval()
+    assert scores(model, eval_batch())[0].shape == (len(VOCAB), 90, 120)
+
+
+def test_bfloat16_autocast_inference_on_cpu():
+    model = tiny_model()
+    batch = eval_batch()
+    fp32 = scores(model, batch)[0]
+    for sliding in (False, True):
+        model.sliding_window = sliding
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = scores(model, batch)[0]
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        if not sliding:
+            assert (out - fp32).abs().max() < 0.1
