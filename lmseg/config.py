@@ -5,12 +5,15 @@ Every key is commented where it is defined. Defaults describe LMSeg with CLIP Vi
 """
 from detectron2.config import CfgNode as CN
 
+from .data.config import add_data_config
+
 SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 
 
 def add_lmseg_config(cfg: CN) -> None:
     """Add LMSeg's keys (model, data, solver, test) to a detectron2 config, in place."""
     _add_model_config(cfg)
+    add_data_config(cfg)
     _add_test_config(cfg)
     _add_solver_config(cfg)
 
@@ -136,9 +139,24 @@ def _add_test_config(cfg: CN) -> None:
     # Whole-image inference with SIZE_DIVISIBILITY > 0: keep the padded strip when resizing the
     # prediction to the output size (CAT-Seg does; it shifts the prediction) instead of cropping it.
     cfg.TEST.KEEP_PADDING = False
+    # Precision of evaluation: "float32", or autocast to "bfloat16" / "float16".
+    cfg.TEST.PRECISION = "float32"
 
 
 def _add_solver_config(cfg: CN) -> None:
+    # "ADAMW" or "SGD".
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
     # Learning-rate multipliers of the fine-tuned CLIP and SAM weights.
     cfg.SOLVER.CLIP_MULTIPLIER = 0.01
     cfg.SOLVER.SAM_MULTIPLIER = 0.01
+    # Weight decay of embeddings (token, position and padding tables); norms use WEIGHT_DECAY_NORM.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # LR_SCHEDULER_NAME may also be "WarmupPolyLR": lr * (1 - iter / MAX_ITER) ** POLY_LR_POWER.
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    # Poly schedule: hold this learning rate once the schedule falls below it (0 = off).
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE may also be "full_model": the norm of all gradients together
+    # is clipped to CLIP_VALUE (detectron2's "value" and "norm" clip each parameter separately).
+    # Mixed-precision dtype when SOLVER.AMP.ENABLED: "float16" (GPU, with loss scaling) or
+    # "bfloat16" (GPU or CPU).
+    cfg.SOLVER.AMP.PRECISION = "float16"

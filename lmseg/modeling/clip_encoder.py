@@ -307,6 +307,8 @@ def build_clip_encoder(
     try:
         model = open_clip.create_model(name, pretrained=pretrained or None, force_quick_gelu=quick_gelu)
     except RuntimeError as err:
+        if not pretrained:
+            raise
         raise RuntimeError(
             f"could not load CLIP weights MODEL.CLIP.PRETRAINED={pretrained!r} for {name}: {err}. "
             "Without network access, download the weights elsewhere and give their file path."
