@@ -21,7 +21,7 @@ def write_image(path: str, height: int, width: int, seed: int = 0) -> None:
 
 
 def write_label(path: str, label: np.ndarray) -> None:
-    """Save a label: uint8 -> 8-bit ("L"), uint16 -> 16-bit ("I;16"), as PNG or TIFF by extension."""
+    """Save a label, uint8 as 8-bit ("L") and uint16 as 16-bit ("I;16"), PNG or TIFF by suffix."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     assert label.dtype in (np.uint8, np.uint16), label.dtype
     Image.fromarray(label).save(path)

@@ -232,7 +232,12 @@ def test_folder_mixing_8_and_16_bit_labels_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "content, expected",
-    [(None, "classes.json"), ("[1, 2", "classes.json"), ('{"a": 1}', "list"), ('["a", ""]', "entry 1")],
+    [
+        (None, "classes.json"),
+        ("[1, 2", "classes.json"),
+        ('{"a": 1}', "list"),
+        ('["a", ""]', "entry 1"),
+    ],
 )
 def test_folder_bad_classes_json_is_reported(tmp_path, content, expected):
     write_folder_dataset(str(tmp_path), ["a"], [np.zeros((2, 2), np.uint8)])

@@ -5,8 +5,8 @@ indices are the values) carry up to 256 values; 16-bit files (PIL "I;16*" modes,
 Pillow versions open 16-bit PNGs) up to 65536. detectron2's own readers convert labels to 8 bits
 ("L"), which clips 16-bit values, so everything here reads the stored values unchanged.
 """
-from typing import Union
 import os
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -16,7 +16,7 @@ from PIL import Image
 IGNORE_8BIT = 255
 IGNORE_16BIT = 65535
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, os.PathLike]
 
 
 def label_bit_depth(mode: str) -> int:

@@ -30,9 +30,9 @@ def vocabulary_dir() -> Path:
     folder = Path(__file__).resolve().parents[2] / "datasets"
     if not (folder / "coco.json").is_file():
         raise FileNotFoundError(
-            f"LMSeg's vocabulary files were not found in {folder}. They live in the datasets/ folder "
-            "of the LMSeg repository: install LMSeg from a clone with `pip install -e .`, or pass "
-            "the path of a vocabulary JSON file instead of a vocabulary name."
+            f"LMSeg's vocabulary files were not found in {folder}. They live in the datasets/ "
+            "folder of the LMSeg repository: install LMSeg from a clone with `pip install -e .`, "
+            "or pass the path of a vocabulary JSON file instead of a vocabulary name."
         )
     return folder
 

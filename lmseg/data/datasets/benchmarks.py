@@ -109,10 +109,10 @@ def load_benchmark(benchmark: Benchmark, root: str) -> List[Dict]:
     for folder in (label_dir, image_dir):
         if not os.path.isdir(folder):
             raise FileNotFoundError(
-                f"Dataset '{benchmark.name}' expects the folder {os.path.abspath(folder)}, which does "
-                f"not exist. Prepare it with `python datasets/{benchmark.prepare_script}` (see "
-                "datasets/README.md), or point $DETECTRON2_DATASETS at the folder that holds it "
-                f"(now: {os.path.abspath(root)})."
+                f"Dataset '{benchmark.name}' expects the folder {os.path.abspath(folder)}, which "
+                f"does not exist. Prepare it with `python datasets/{benchmark.prepare_script}` "
+                "(see datasets/README.md), or point $DETECTRON2_DATASETS at the folder that holds "
+                f"it (now: {os.path.abspath(root)})."
             )
     label_names = sorted(n for n in os.listdir(label_dir) if n.endswith(benchmark.label_ext))
     if not label_names:
