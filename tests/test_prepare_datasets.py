@@ -151,6 +151,16 @@ def test_ade20k_full_from_the_index_pickle(scripts, tmp_path):
     assert (resized[260:, :330] == 65535).all()
 
 
+def test_ade20k_full_class_values_match_ade847(scripts):
+    """The _seg.png class value is 1 + the class's position in the index's "objectnames", which
+    lists names alphabetically, bar a few late additions (values above 3100). So, sorted by
+    value, the names of ade847.json must come out in alphabetical order."""
+    values = scripts("prepare_ade20k_full").CLASS_VALUES
+    names = load_vocabulary("ade847")
+    by_value = [name.lower() for value, name in sorted(zip(values, names)) if value < 3100]
+    assert len(by_value) == 827 and by_value == sorted(by_value)
+
+
 def test_ade20k_full_missing_index(scripts, tmp_path):
     with pytest.raises(SystemExit, match="index_ade20k.pkl"):
         scripts("prepare_ade20k_full").main(["--root", str(tmp_path)])
