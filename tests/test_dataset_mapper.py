@@ -75,6 +75,7 @@ def test_16bit_class_values_survive_resizing(tmp_path):
     cfg = _cfg(name, min_size=8)
     with pytest.raises(ValueError, match="IGNORE_VALUE = 255 is a class index"):
         SemanticSegmentationDatasetMapper(cfg, is_train=True)
+    SemanticSegmentationDatasetMapper(cfg, is_train=False)  # only the loss would be misled
     cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 65535
     out = SemanticSegmentationDatasetMapper(cfg, is_train=True)(DatasetCatalog.get(name)[0])
     assert out["sem_seg"].shape == (8, 12)

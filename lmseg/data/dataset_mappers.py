@@ -55,12 +55,14 @@ class SemanticSegmentationDatasetMapper:
             image_format: channel order of the output image (detectron2's ``read_image`` format).
             ignore_value: the model's ignore value, which the dataset's ignore value becomes.
             dataset_ignore_label: ignore value of records without an "ignore_label" key.
-            num_classes: largest vocabulary among the datasets mapped; checked not to reach
-                ``ignore_value`` (a class index equal to it would be ignored by the loss).
+            num_classes: largest vocabulary among the datasets mapped. In training it must not
+                reach ``ignore_value``: the loss would ignore the class of that index. (At test
+                time such a class is indistinguishable from ignored pixels in "sem_seg"; the
+                evaluator reads the label files, not "sem_seg".)
             pad_size: (h, w) training images and labels are padded to, at least.
             size_divisibility: pad training images and labels to a multiple of this (<= 0: off).
         """
-        if num_classes is not None and num_classes > ignore_value:
+        if is_train and num_classes is not None and num_classes > ignore_value:
             raise ValueError(
                 f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE = {ignore_value} is a class index of the data "
                 f"({num_classes} classes): set it to a value >= {num_classes}, e.g. 65535."
