@@ -7,29 +7,10 @@
 
 Trailing KEY VALUE pairs override the config. Without a GPU, --num-gpus N runs N CPU processes.
 """
-import os
+from detectron2.engine import default_argument_parser, launch
 
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.utils import comm
-
-from lmseg import add_lmseg_config
 from lmseg.checkpoint import load_weights
-from lmseg.engine import Trainer
-
-
-def setup(args):
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    default_setup(cfg, args)
-    return cfg
+from lmseg.engine import Trainer, setup
 
 
 def main(args):

@@ -18,8 +18,9 @@ from contextlib import ExitStack, nullcontext
 from typing import Dict, Optional
 
 import torch
+from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -27,6 +28,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import LMSegCheckpointer
+from .config import add_lmseg_config
 from .data import SemanticSegmentationDatasetMapper, ensure_datasets_registered
 from .evaluation import LMSegSemSegEvaluator
 from .solver import build_lr_scheduler, build_optimizer
@@ -35,6 +37,22 @@ from .tta import SemSegTTA
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}
+
+
+def setup(args):
+    """The frozen config of a command line (detectron2's parsed arguments), with logging set up.
+
+    Without CUDA, a cuda MODEL.DEVICE falls back to the CPU.
+    """
+    cfg = get_cfg()
+    add_lmseg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
 
 
 def amp_dtype(precision: str, device: torch.device, key: str) -> Optional[torch.dtype]:
@@ -98,6 +116,17 @@ class TrainStep(SimpleTrainer):
         else:
             self.optimizer.step()
 
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
+
     def _check_finite(self, losses: torch.Tensor, loss_dict: Dict[str, torch.Tensor]) -> None:
         finite = torch.isfinite(losses.detach()).float()
         if comm.get_world_size() > 1:
@@ -150,7 +179,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name)
+        # LMSeg's mapper reads 16-bit labels as they are (detectron2's DatasetMapper does not).
+        return build_detection_test_loader(cfg, dataset_name, mapper=SemanticSegmentationDatasetMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

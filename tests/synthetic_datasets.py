@@ -89,3 +89,56 @@ def write_folder_dataset(
         write_label(label_file, label)
         pairs.append((image, label_file))
     return pairs
+
+
+# Classes of the learnable folder dataset: (name, RGB colour, texture).
+LEARNABLE_CLASSES = [
+    ("red stripes", (200, 40, 40), "stripes"),
+    ("green dots", (40, 180, 60), "dots"),
+    ("blue plain", (50, 60, 200), "plain"),
+    ("yellow checker", (220, 200, 40), "checker"),
+]
+
+
+def _texture(kind: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    phase = rng.integers(0, 8)
+    if kind == "stripes":
+        return ((y + phase) // 3 % 2).astype(np.float32)
+    if kind == "dots":
+        return (((y + phase) % 6 < 2) & ((x + phase) % 6 < 2)).astype(np.float32)
+    if kind == "checker":
+        return (((y + phase) // 4 + (x + phase) // 4) % 2).astype(np.float32)
+    return np.zeros((height, width), np.float32)
+
+
+def learnable_sample(size: int, num_classes: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """An RGB image and its 8-bit label: rectangles of classes on a background class, each class
+    drawn in its own colour and texture (with noise), the top two rows ignored (255)."""
+    label = np.full((size, size), rng.integers(0, num_classes), np.uint8)
+    for _ in range(rng.integers(2, 5)):
+        c = rng.integers(0, num_classes)
+        y0, x0 = rng.integers(0, size - size // 4, 2)
+        label[y0 : y0 + rng.integers(size // 4, size // 2 + 1), x0 : x0 + rng.integers(size // 4, size // 2 + 1)] = c
+    image = np.zeros((size, size, 3), np.float32)
+    for c in range(num_classes):
+        _, colour, kind = LEARNABLE_CLASSES[c]
+        shade = np.asarray(colour, np.float32) * (0.6 + 0.4 * _texture(kind, size, size, rng)[..., None])
+        image[label == c] = shade[label == c]
+    image += rng.normal(0, 8, image.shape)
+    label[:2] = 255
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def write_learnable_folder_dataset(path: str, num_images: int = 16, size: int = 64, num_classes: int = 3, seed: int = 0) -> str:
+    """A ``sem_seg_folder:`` dataset whose classes differ by colour and texture (learnable)."""
+    rng = np.random.default_rng(seed)
+    for folder in ("images", "labels"):
+        os.makedirs(os.path.join(path, folder), exist_ok=True)
+    for i in range(num_images):
+        image, label = learnable_sample(size, num_classes, rng)
+        Image.fromarray(image).save(os.path.join(path, "images", f"img_{i:03d}.png"))
+        write_label(os.path.join(path, "labels", f"img_{i:03d}.png"), label)
+    with open(os.path.join(path, "classes.json"), "w") as f:
+        json.dump([c[0] for c in LEARNABLE_CLASSES[:num_classes]], f)
+    return path
