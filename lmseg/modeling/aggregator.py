@@ -31,12 +31,12 @@ def window_merge(x: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(-1, h, w, c)
 
 
-@lru_cache(maxsize=16)
-def _shift_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Additive mask (windows, L, L) of a shifted window: -100 between cells of different regions.
+def shifted_window_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
+    """Additive mask (windows, L, L) of a shifted window: -100 between cells of different regions,
+    0 elsewhere (float32, on the CPU).
 
     After the cyclic shift, a window at the border holds cells from opposite sides of the image;
-    they must not attend to each other.
+    they must not attend to each other. (CAT-Seg's checkpoints store this mask as a buffer.)
     """
     region = torch.zeros(1, h, w, 1)
     cuts = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
@@ -46,8 +46,13 @@ def _shift_mask(h: int, w: int, window: int, shift: int, device: torch.device) -
             region[:, hs, ws, :] = label
             label += 1
     ids = window_partition(region, window).squeeze(-1)  # (windows, L)
-    mask = (ids[:, None, :] != ids[:, :, None]).float() * -100.0
-    return mask.to(device)
+    mask = torch.zeros(ids.shape[0], window * window, window * window)
+    return mask.masked_fill(ids[:, None, :] != ids[:, :, None], -100.0)
+
+
+@lru_cache(maxsize=16)
+def _shift_mask(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    return shifted_window_mask(h, w, window, shift).to(device)
 
 
 class GuidedWindowAttention(nn.Module):
