@@ -136,8 +136,11 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.SLIDING_OVERLAP = 0.333
     # Weight of the whole-image view in the final average (the windows get 1 - this).
     cfg.TEST.SLIDING_GLOBAL_WEIGHT = 0.5
-    # Whole-image inference with SIZE_DIVISIBILITY > 0: keep the padded strip when resizing the
-    # prediction to the output size (CAT-Seg does; it shifts the prediction) instead of cropping it.
+    # Whole-image inference, CAT-Seg's post-processing: with SIZE_DIVISIBILITY > 0, keep the padded
+    # strip when resizing the prediction to the output size (it shifts the prediction) instead of
+    # cropping it; and, as detectron2's sem_seg_postprocess does in CAT-Seg, cut the low-resolution
+    # map to the received image's height x width in cells first (a no-op unless the image is
+    # smaller than the map).
     cfg.TEST.KEEP_PADDING = False
     # Precision of evaluation: "float32", or autocast to "bfloat16" / "float16".
     cfg.TEST.PRECISION = "float32"

@@ -396,7 +396,12 @@ class LMSeg(nn.Module):
         results = []
         for i, (image, pad, size) in enumerate(zip(images, padded, sizes)):
             crop = None
-            if not self.keep_padding and pad.shape[-2:] != image.shape[-2:]:
+            if self.keep_padding:
+                # CAT-Seg's post-processing (detectron2's sem_seg_postprocess applied to the
+                # low-resolution map): the padded strip stays, but the map itself is cut to the
+                # received image's size in cells, which only bites for images smaller than it.
+                crop = (logits.shape[-2:], image.shape[-2:])
+            elif pad.shape[-2:] != image.shape[-2:]:
                 crop = (pad.shape[-2:], image.shape[-2:])
             scores = self._map_classes(logits[i], lambda x: _resize_scores(x.sigmoid(), size, crop))
             results.append({"sem_seg": scores})
@@ -481,11 +486,13 @@ class LMSeg(nn.Module):
 
 
 def _resize_scores(scores: torch.Tensor, size: Tuple[int, int], crop=None) -> torch.Tensor:
-    """Resize (T, h, w) scores to ``size``; with ``crop = (padded size, content size)`` the padded
-    strip is cut away first."""
+    """Resize (T, h, w) scores to ``size``; with ``crop = (padded size, content size)`` the scores
+    are first brought to the padded size and the padded strip is cut away."""
     if crop is not None:
         (ph, pw), (ch, cw) = crop
-        scores = F.interpolate(scores[None], size=(ph, pw), mode="bilinear", align_corners=False)[0, :, :ch, :cw]
+        if tuple(scores.shape[-2:]) != (ph, pw):
+            scores = F.interpolate(scores[None], size=(ph, pw), mode="bilinear", align_corners=False)[0]
+        scores = scores[:, :ch, :cw]
     if tuple(scores.shape[-2:]) != tuple(size):
         scores = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
     return scores
