@@ -29,7 +29,8 @@ def _add_model_config(cfg: CN) -> None:
     # ("LMSeg-Tiny", a few-layer random CLIP for tests and installation checks).
     cfg.MODEL.CLIP.NAME = "ViT-B-16"
     # open_clip pretrained tag ("openai", ...) or a checkpoint file path; "" = random initialisation
-    # (the weights may then come from MODEL.WEIGHTS).
+    # (the weights may then come from MODEL.WEIGHTS, which may also be one of CAT-Seg's checkpoints:
+    # its CLIP, cost embedding, aggregator and decoder load, SAM and the fusion keep their own).
     cfg.MODEL.CLIP.PRETRAINED = "openai"
     # QuickGELU activations, as OpenAI's CLIP weights were trained with.
     cfg.MODEL.CLIP.QUICK_GELU = True

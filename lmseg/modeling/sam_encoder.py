@@ -55,6 +55,8 @@ class SamEncoder(nn.Module):
             )
         self.input_size = input_size
         self.out_channels = params["out_chans"]
+        # Where the weights come from, for the logs: the checkpoint loaded last, if any.
+        self.weights_source = "random initialisation"
         self.encoder = ImageEncoderViT(
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
             qkv_bias=True,
@@ -113,6 +115,7 @@ class SamEncoder(nn.Module):
                 f"MODEL.SAM.CHECKPOINT={path_or_url!r} does not fit the SAM image encoder of this "
                 f"config (check MODEL.SAM.TYPE): {'; '.join(problems)}"
             )
+        self.weights_source = path_or_url
         logger.info("Loaded SAM image encoder weights from %s", path_or_url)
 
 
