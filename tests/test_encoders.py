@@ -151,3 +151,17 @@ def test_sam_url_that_cannot_be_downloaded_is_reported(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     with pytest.raises(RuntimeError, match="could not download MODEL.SAM.CHECKPOINT='https://example.invalid/sam.pth'"):
         tiny_model("MODEL.SAM.CHECKPOINT", "https://example.invalid/sam.pth")
+
+
+def test_sam_fused_attention_blocks_match_segment_anything_at_any_size():
+    from lmseg.modeling.sam_encoder import _block_forward
+
+    torch.manual_seed(0)
+    sam = SamEncoder("tiny", input_size=64).eval()
+    with torch.no_grad():
+        for p in sam.parameters():
+            p.normal_(0, 0.2)
+        for size in (4, 6, 9):  # window 4: exact, padded windows; global: resized position tables
+            x = torch.randn(2, size, size, 32)
+            for block in sam.encoder.blocks:
+                torch.testing.assert_close(_block_forward(block, x), block(x), rtol=1e-5, atol=1e-5)

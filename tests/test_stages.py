@@ -206,3 +206,16 @@ def test_padding_is_cropped_unless_kept():
     kept = scores(model, batch)[0]
     assert cropped.shape == kept.shape == (len(VOCAB), 70, 90)
     assert not torch.allclose(cropped, kept)
+
+
+def test_linear_attention_extra_rows_equal_literal_rows():
+    from lmseg.modeling.aggregator import linear_attention
+
+    q, k, v = torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 4), torch.randn(3, 5, 2, 4)
+    k_e, v_e = torch.randn(2, 4), torch.randn(2, 4)
+    literal = linear_attention(
+        torch.cat([q, q.new_zeros(3, 7, 2, 4)], 1),
+        torch.cat([k, k_e.expand(3, 7, 2, 4)], 1),
+        torch.cat([v, v_e.expand(3, 7, 2, 4)], 1),
+    )[:, :5]
+    torch.testing.assert_close(linear_attention(q, k, v, (k_e, v_e, 7)), literal)

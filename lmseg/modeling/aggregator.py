@@ -149,11 +149,23 @@ class SpatialAggregation(nn.Module):
         return torch.cat(out).view(n, t, h, w, d).permute(0, 4, 1, 2, 3)
 
 
-def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Linear attention with elu + 1 feature maps, over the S axis of (M, S, heads, d) tensors."""
+def linear_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra=None, eps: float = 1e-6
+) -> torch.Tensor:
+    """Linear attention with elu + 1 feature maps, over the S axis of (M, S, heads, d) tensors.
+
+    ``extra = (k_e, v_e, count)``, with (heads, d) tensors, adds ``count`` further keys/values,
+    all equal to (k_e, v_e), to every row without materialising them.
+    """
     q, k = F.elu(q) + 1, F.elu(k) + 1
     kv = torch.einsum("mshd,mshe->mhde", k, v)
-    z = 1.0 / (torch.einsum("mshd,mhd->msh", q, k.sum(dim=1)) + eps)
+    k_sum = k.sum(dim=1)
+    if extra is not None:
+        k_e, v_e, count = extra
+        k_e = F.elu(k_e) + 1
+        kv = kv + count * torch.einsum("hd,he->hde", k_e, v_e)
+        k_sum = k_sum + count * k_e
+    z = 1.0 / (torch.einsum("mshd,mhd->msh", q, k_sum) + eps)
     return torch.einsum("mshd,mhde,msh->mshe", q, kv, z)
 
 
@@ -189,22 +201,24 @@ class ClassAggregation(nn.Module):
         ph, pw = pooled.shape[-2:]
         tokens = pooled.permute(0, 3, 4, 2, 1).reshape(n * ph * pw, t, d)  # (M, T, D)
         g = guidance.to(tokens.dtype)[:, None].expand(n, ph * pw, t, -1).reshape(n * ph * pw, t, -1)
-        if t < self.pad_to:
-            m = tokens.shape[0]
-            tokens = torch.cat([tokens, self.padding_tokens.to(tokens.dtype).expand(m, self.pad_to - t, d)], dim=1)
-            g = torch.cat([g, self.padding_guidance.to(g.dtype).expand(m, self.pad_to - t, -1)], dim=1)
-
+        heads = self.num_heads
+        m = tokens.shape[0]
         y = self.norm1(tokens)
         yg = torch.cat([y, g], dim=-1)
-        m, s, _ = tokens.shape
-        heads = self.num_heads
-        q = self.q(yg).view(m, s, heads, -1)
-        k = self.k(yg).view(m, s, heads, -1)
-        v = self.v(y).view(m, s, heads, -1)
-        tokens = tokens + linear_attention(q, k, v).reshape(m, s, d)
+        q = self.q(yg).view(m, t, heads, -1)
+        k = self.k(yg).view(m, t, heads, -1)
+        v = self.v(y).view(m, t, heads, -1)
+        # The pad tokens are the same at every position and their outputs are discarded: only
+        # their keys and values matter, and they enter once, weighted by their number.
+        extra = None
+        if t < self.pad_to:
+            pad = self.norm1(self.padding_tokens.to(tokens.dtype)).view(1, d)
+            pad_g = torch.cat([pad, self.padding_guidance.to(pad.dtype).view(1, -1)], dim=-1)
+            extra = (self.k(pad_g).view(heads, -1), self.v(pad).view(heads, -1), self.pad_to - t)
+        tokens = tokens + linear_attention(q, k, v, extra).reshape(m, t, d)
         tokens = tokens + self.mlp(self.norm2(tokens))
 
-        out = tokens[:, :t].view(n, ph, pw, t, d).permute(0, 4, 3, 1, 2)  # (N, D, T, ph, pw)
+        out = tokens.view(n, ph, pw, t, d).permute(0, 4, 3, 1, 2)  # (N, D, T, ph, pw)
         if (ph, pw) != (h, w):
             out = F.interpolate(out.reshape(n, d * t, ph, pw), size=(h, w), mode="bilinear", align_corners=True)
             out = out.view(n, d, t, h, w)

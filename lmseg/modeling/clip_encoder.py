@@ -234,7 +234,7 @@ class ClipEncoder(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (N, g*g, width)
         cls = visual.class_embedding.to(x.dtype).expand(n, 1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + resize_position_embedding(visual.positional_embedding, grid).to(x.dtype)
+        x = x + self._position_embedding(grid).to(x.dtype)
         x = visual.ln_pre(x)
 
         blocks = visual.transformer.resblocks
@@ -246,6 +246,18 @@ class ClipEncoder(nn.Module):
         x = _block_forward_values(blocks[-1], x)
         x = visual.ln_post(x) @ visual.proj  # (N, 1 + g*g, embed_dim)
         return self._tokens_to_map(x, grid), guidance
+
+    def _position_embedding(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """The position embedding resized to ``grid``; without gradients, the resized copy is
+        kept until the weights or the grid change (bicubic resizing is slow on GPUs)."""
+        pos = self.model.visual.positional_embedding
+        if torch.is_grad_enabled() and pos.requires_grad:
+            return resize_position_embedding(pos, grid)
+        key = (grid, pos.data_ptr(), pos._version, pos.device, pos.dtype)
+        if getattr(self, "_pos_cache_key", None) != key:
+            self._pos_cache = resize_position_embedding(pos.detach(), grid)
+            self._pos_cache_key = key
+        return self._pos_cache
 
     @staticmethod
     def _tokens_to_map(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:

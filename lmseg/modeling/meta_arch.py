@@ -480,9 +480,19 @@ class LMSeg(nn.Module):
         return _resize_scores(scores, size_out)
 
     def _map_classes(self, x: torch.Tensor, fn, dim: int = 0) -> torch.Tensor:
-        """Apply ``fn`` to chunks of classes along ``dim`` and concatenate (bounds memory)."""
-        chunk = max(self.class_chunk, 1)
-        return torch.cat([fn(c).float() for c in x.split(chunk, dim=dim)], dim=0)
+        """Apply ``fn`` to chunks of classes along ``dim``, filling one float32 output (T, H, W).
+
+        Only one chunk's intermediate maps exist at a time, and the output is never copied.
+        """
+        out = None
+        start = 0
+        for chunk in x.split(self.class_chunk, dim=dim):
+            y = fn(chunk)
+            if out is None:
+                out = y.new_empty((x.shape[dim], *y.shape[1:]), dtype=torch.float32)
+            out[start : start + y.shape[0]] = y
+            start += y.shape[0]
+        return out
 
 
 def _resize_scores(scores: torch.Tensor, size: Tuple[int, int], crop=None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
+from segment_anything.modeling.image_encoder import get_rel_pos, window_partition, window_unpartition
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class SamEncoder(nn.Module):
             pos = pos.permute(0, 2, 3, 1)
         x = x + pos.to(x.dtype)
         for block in enc.blocks:
-            x = block(x)
+            x = _block_forward(block, x)
         return enc.neck(x.permute(0, 3, 1, 2))
 
     def load_checkpoint(self, path_or_url: str) -> None:
@@ -117,6 +118,53 @@ class SamEncoder(nn.Module):
             )
         self.weights_source = path_or_url
         logger.info("Loaded SAM image encoder weights from %s", path_or_url)
+
+
+def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """segment_anything's ``Block.forward`` with :func:`_attention` in place of its attention."""
+    shortcut = x
+    x = block.norm1(x)
+    if block.window_size > 0:
+        h, w = x.shape[1:3]
+        x, pad_hw = window_partition(x, block.window_size)
+    x = _attention(block.attn, x)
+    if block.window_size > 0:
+        x = window_unpartition(x, block.window_size, pad_hw, (h, w))
+    x = shortcut + x
+    return x + block.mlp(block.norm2(x))
+
+
+def _attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """segment_anything's attention with decomposed relative positions, computed by
+    ``scaled_dot_product_attention`` so that no (tokens x tokens) matrix is materialised.
+
+    SAM adds to the scaled logits q.k of query (qh, qw) and key (kh, kw) the terms
+    q.Rh[qh, kh] and q.Rw[qw, kw]. Appending those per-query values to q, and one-hot codes of
+    kh and kw to k, gives exactly the same logits as one dot product, which fused attention
+    kernels compute without storing the attention matrix (a large saving at 1024 px, where the
+    global blocks attend over 4096 tokens).
+    """
+    b, h, w, _ = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (B, heads, h*w, d)
+    d = q.shape[-1]
+    if attn.use_rel_pos:
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", q.reshape(b, heads, h, w, d), get_rel_pos(h, h, attn.rel_pos_h).to(q.dtype))
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", q.reshape(b, heads, h, w, d), get_rel_pos(w, w, attn.rel_pos_w).to(q.dtype))
+        keys = torch.arange(h * w, device=x.device)
+        code_h = F.one_hot(keys // w, h).to(q.dtype).expand(b, heads, -1, -1)
+        code_w = F.one_hot(keys % w, w).to(q.dtype).expand(b, heads, -1, -1)
+        q = torch.cat([q * attn.scale, rel_h.reshape(b, heads, h * w, h), rel_w.reshape(b, heads, h * w, w)], dim=-1)
+        k = torch.cat([k, code_h, code_w], dim=-1)
+        # fused kernels want equal head sizes, multiples of 8: zero padding changes no product
+        width = -(-q.shape[-1] // 8) * 8
+        q, k, v = (F.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :d]
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    out = out.view(b, heads, h, w, d).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return attn.proj(out)
 
 
 def _load_state(path_or_url: str) -> Dict[str, torch.Tensor]:
