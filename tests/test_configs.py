@@ -1,0 +1,56 @@
+"""Every shipped config merges, and every ablation setting builds (with tiny encoders)."""
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from lmseg import add_lmseg_config
+
+from model_helpers import REPO, TINY_CONFIG
+
+CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
+ABLATIONS = [c for c in CONFIGS if "/ablations/" in c]
+
+
+def _load(path):
+    cfg = get_cfg()
+    add_lmseg_config(cfg)
+    cfg.merge_from_file(str(REPO / path))
+    return cfg
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_config_merges(path):
+    cfg = _load(path)
+    assert cfg.MODEL.META_ARCHITECTURE == "LMSeg"
+
+
+def test_ablations_cover_fusion_modes_sam_off_and_finetuning():
+    assert len(ABLATIONS) >= 10
+    seen = {(c.MODEL.FUSION.MODE, c.MODEL.SAM.ENABLED, c.MODEL.CLIP.FINETUNE, c.MODEL.SAM.FINETUNE) for c in map(_load, ABLATIONS)}
+    assert {s[0] for s in seen} >= {"add", "concat", "attention", "sam_only", "clip_only", "weighted"}
+    assert {s[2] for s in seen} >= {"none", "attention", "full", "attention_qv"}
+    assert {s[3] for s in seen} >= {"none", "full", "qkv_proj"}
+
+
+@pytest.mark.parametrize("path", ABLATIONS)
+def test_ablation_builds_and_runs_with_tiny_encoders(path):
+    cfg = _load(path)
+    tiny = _load(str(Path(TINY_CONFIG).relative_to(REPO)))
+    # keep the ablation's own choices, take every size from the tiny config
+    for key in ("CLIP", "SAM", "COST", "AGGREGATOR", "DECODER", "LMSEG"):
+        node = tiny.MODEL[key].clone()
+        for own in ("FINETUNE", "ENABLED", "PER_CHANNEL"):
+            if own in cfg.MODEL[key]:
+                node[own] = cfg.MODEL[key][own]
+        cfg.MODEL[key] = node
+    cfg.MODEL.FUSION.ATTENTION_HEADS = 4
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.DATASETS.TRAIN = ()
+    model = build_model(cfg)
+    model.set_vocabulary(["cat", "dog"])
+    model.train()
+    batch = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), "sem_seg": torch.randint(0, 2, (64, 64))}]
+    model(batch)["loss_sem_seg"].backward()
