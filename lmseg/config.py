@@ -18,6 +18,14 @@ def add_lmseg_config(cfg: CN) -> None:
     _add_solver_config(cfg)
 
 
+def use_cpu_without_cuda(cfg: CN) -> None:
+    """Run on the CPU when MODEL.DEVICE asks for CUDA and there is none (in place, cfg not frozen)."""
+    import torch
+
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+
+
 def _add_model_config(cfg: CN) -> None:
     # The meta-architecture, registered in detectron2's META_ARCH_REGISTRY on `import lmseg`.
     cfg.MODEL.META_ARCHITECTURE = "LMSeg"

@@ -28,7 +28,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import LMSegCheckpointer
-from .config import add_lmseg_config
+from .config import add_lmseg_config, use_cpu_without_cuda
 from .data import SemanticSegmentationDatasetMapper, ensure_datasets_registered
 from .evaluation import LMSegSemSegEvaluator
 from .solver import build_lr_scheduler, build_optimizer
@@ -48,8 +48,7 @@ def setup(args):
     add_lmseg_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"
+    use_cpu_without_cuda(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -31,6 +31,7 @@ from detectron2.engine import HookBase  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lmseg import add_lmseg_config  # noqa: E402
+from lmseg.config import use_cpu_without_cuda  # noqa: E402
 from lmseg.data import load_vocabulary  # noqa: E402
 from lmseg.engine import Trainer  # noqa: E402
 
@@ -53,8 +54,7 @@ def _cfg(args):
     cfg.merge_from_list(args.opts)
     cfg.MODEL.CLIP.PRETRAINED = ""
     cfg.MODEL.SAM.CHECKPOINT = ""
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    use_cpu_without_cuda(cfg)
     return cfg
 
 
