@@ -247,3 +247,34 @@ def test_bfloat16_autocast_inference_on_cpu():
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
         if not sliding:
             assert (out - fp32).abs().max() < 0.1
+
+
+def test_model_summary_tool_prints_the_parts():
+    import subprocess
+    import sys
+
+    from model_helpers import REPO, TINY_CONFIG
+
+    proc = subprocess.run([sys.executable, "tools/model_summary.py", "--config-file", TINY_CONFIG], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert {"CLIP image tower", "CLIP text tower", "SAM image encoder", "fusion", "aggregator", "decoder", "total"} <= set(rows)
+    expected = sum(p.numel() for p in tiny_model().parameters() if p.requires_grad)
+    assert f"{expected:,}" in rows["total"]
+
+
+def test_test_time_augmentation_averages_flips_and_scales():
+    from lmseg.tta import SemSegTTA
+
+    model = tiny_model()
+    batch = eval_batch(hw=(72, 96), out_hw=(72, 96))
+    cfg = tiny_cfg("TEST.AUG.MIN_SIZES", "(72,)", "TEST.AUG.FLIP", "False")
+    # one scale equal to the image's, no flip: exactly the model's output
+    torch.testing.assert_close(scores(SemSegTTA(cfg, model), batch)[0], scores(model, batch)[0])
+    cfg = tiny_cfg("TEST.AUG.MIN_SIZES", "(64, 96)", "TEST.AUG.FLIP", "True")
+    tta = scores(SemSegTTA(cfg, model), batch)[0]
+    assert tta.shape == (len(VOCAB), 72, 96)
+    flipped = [{**batch[0], "image": batch[0]["image"].flip(-1)}]
+    # flips are undone before averaging: a flipped input gives the flipped average
+    torch.testing.assert_close(scores(SemSegTTA(cfg, model), flipped)[0], tta.flip(-1), rtol=1e-4, atol=1e-5)
