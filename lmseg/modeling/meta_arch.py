@@ -22,7 +22,7 @@ from .aggregator import Aggregator
 from .clip_encoder import ClipEncoder, build_clip_encoder
 from .cost import CostEmbedding, cost_volume
 from .decoder import Decoder
-from .fusion import FeatureFusion, crop_and_resize
+from .fusion import FUSION_MODES, FeatureFusion, crop_and_resize
 from .loss import sem_seg_bce_loss
 from .prompts import PromptBuilder, TextEmbeddingCache, load_descriptions, validate_vocabulary
 from .sam_encoder import SamEncoder, build_sam_encoder
@@ -72,11 +72,7 @@ class LMSeg(nn.Module):
         vocabulary: Sequence[str] = (),
     ):
         super().__init__()
-        if fusion.uses_sam != (sam is not None):
-            raise ValueError(
-                f"MODEL.FUSION.MODE={fusion.mode!r} and MODEL.SAM.ENABLED={sam is not None} disagree: "
-                "'clip_only' fusion goes with MODEL.SAM.ENABLED False, every other mode needs SAM"
-            )
+        _check_fusion_matches_sam(fusion.mode, sam is not None)
         if class_cap < 1:
             raise ValueError(f"MODEL.LMSEG.CLASS_CAP={class_cap} must be at least 1")
         if class_chunk < 1:
@@ -124,6 +120,7 @@ class LMSeg(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> dict:
         sam_enabled = cfg.MODEL.SAM.ENABLED
+        _check_fusion_matches_sam(cfg.MODEL.FUSION.MODE, sam_enabled)
         clip = build_clip_encoder(
             cfg.MODEL.CLIP.NAME,
             cfg.MODEL.CLIP.PRETRAINED,
@@ -493,6 +490,15 @@ class LMSeg(nn.Module):
             out[start : start + y.shape[0]] = y
             start += y.shape[0]
         return out
+
+
+def _check_fusion_matches_sam(mode: str, sam_enabled: bool) -> None:
+    # an unknown mode is left to FeatureFusion, which lists the accepted ones
+    if mode in FUSION_MODES and (mode == "clip_only") == sam_enabled:
+        raise ValueError(
+            f"MODEL.FUSION.MODE={mode!r} and MODEL.SAM.ENABLED={sam_enabled} disagree: "
+            "'clip_only' fusion goes with MODEL.SAM.ENABLED False, every other mode needs SAM"
+        )
 
 
 def _resize_scores(scores: torch.Tensor, size: Tuple[int, int], crop=None) -> torch.Tensor:
