@@ -205,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             args.root / "annotations_detectron2" / "validation" / f"{stem}.tif",
         ))
     if not items:
-        raise SystemExit(f"error: the index lists no validation images (ADE_val_*.jpg)")
+        raise SystemExit("error: the index lists no validation images (ADE_val_*.jpg)")
     convert_one = functools.partial(convert, table=lookup_table(), quality=args.jpeg_quality)
     run(convert_one, items, args.workers, "ade20k-847 validation")
     print(f"wrote {len(items)} images and labels under {args.root}")

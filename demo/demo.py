@@ -18,11 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from lmseg import add_lmseg_config  # noqa: E402
-from lmseg.config import use_cpu_without_cuda  # noqa: E402
+from lmseg.config import get_lmseg_cfg, use_cpu_without_cuda  # noqa: E402
 from lmseg.data import load_vocabulary  # noqa: E402
 from lmseg.predictor import Predictor  # noqa: E402
 from lmseg.visualize import classes_by_area, draw_overlay  # noqa: E402
@@ -74,10 +72,7 @@ def main(argv=None) -> int:
     if not paths:
         print(f"error: no images found in {' '.join(args.input)}", file=sys.stderr)
         return 2
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_lmseg_cfg(args.config_file, args.opts)
     use_cpu_without_cuda(cfg)
     cfg.DATASETS.TRAIN = ()
     cfg.DATASETS.TEST = ()

@@ -10,6 +10,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from .catseg import CatSegFormatError, convert_catseg_to_lmseg, is_catseg_state
+from .io import atomic_save, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -55,25 +56,12 @@ class LMSegCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         path = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info("Saving checkpoint to %s", path)
-        _atomic_write(path, lambda f: torch.save(data, f))
+        atomic_save(data, path)
         self.tag_last_checkpoint(os.path.basename(path))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
-
-
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
 
 def load_weights(model: torch.nn.Module, path: str, *, save_dir: str = "", resume: bool = False) -> None:

@@ -3,6 +3,8 @@
 Every key is commented where it is defined. Defaults describe LMSeg with CLIP ViT-B/16 and SAM ViT-B;
 ``configs/*.yaml`` override what differs (ViT-L, the tiny test model, CAT-Seg's setting, ablations).
 """
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
 
 from .data.config import add_data_config
@@ -16,6 +18,19 @@ def add_lmseg_config(cfg: CN) -> None:
     add_data_config(cfg)
     _add_test_config(cfg)
     _add_solver_config(cfg)
+
+
+def get_lmseg_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
+    """detectron2's defaults with LMSeg's keys, then ``config_file`` and ``KEY VALUE`` ``opts``
+    merged in (not frozen)."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_lmseg_config(cfg)
+    if config_file:
+        cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def use_cpu_without_cuda(cfg: CN) -> None:

@@ -18,7 +18,6 @@ from contextlib import ExitStack, nullcontext
 from typing import Dict, Optional
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
@@ -28,7 +27,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import LMSegCheckpointer
-from .config import add_lmseg_config, use_cpu_without_cuda
+from .config import get_lmseg_cfg, use_cpu_without_cuda
 from .data import SemanticSegmentationDatasetMapper, ensure_datasets_registered
 from .evaluation import LMSegSemSegEvaluator
 from .solver import build_lr_scheduler, build_optimizer
@@ -44,10 +43,7 @@ def setup(args):
 
     Without CUDA, a cuda MODEL.DEVICE falls back to the CPU.
     """
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_lmseg_cfg(args.config_file, args.opts)
     use_cpu_without_cuda(cfg)
     cfg.freeze()
     default_setup(cfg, args)

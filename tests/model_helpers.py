@@ -5,10 +5,9 @@ from pathlib import Path
 from typing import List, Sequence
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from lmseg import add_lmseg_config
+from lmseg.config import get_lmseg_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
@@ -17,9 +16,7 @@ VOCAB = ["cat", "dog", "sofa, couch", "window", "grass"]
 
 def tiny_cfg(*opts, config_file: str = TINY_CONFIG):
     """The tiny config with ``KEY VALUE`` overrides and no datasets (so no vocabulary from them)."""
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(config_file)
+    cfg = get_lmseg_cfg(config_file)
     cfg.DATASETS.TRAIN = ()
     cfg.DATASETS.TEST = ()
     cfg.merge_from_list(list(opts))

@@ -16,11 +16,10 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import catseg_reference as ref
-from lmseg import add_lmseg_config
+from lmseg.config import get_lmseg_cfg
 from lmseg.catseg import CatSegFormatError, convert_catseg_to_lmseg, convert_lmseg_to_catseg
 from lmseg.checkpoint import LMSegCheckpointer, load_weights
 from lmseg.modeling.cost import cost_volume
@@ -49,14 +48,6 @@ GEOMETRIES = {
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Per geometry: the open_clip architecture's name, a random CAT-Seg state dict, and its file."""
@@ -78,9 +69,7 @@ def checkpoints(tmp_path_factory):
 
 def _cfg(geometry: str, arch: str, *opts):
     geo = GEOMETRIES[geometry]
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / geo["config"]))
+    cfg = get_lmseg_cfg(REPO / "configs" / geo["config"])
     cfg.DATASETS.TRAIN = ()
     cfg.DATASETS.TEST = ()
     guidance = str(list(geo["guidance"]))
@@ -161,9 +150,7 @@ def test_vitl_geometry_matches_reference(catseg_model, checkpoints, sliding):
 
 
 def test_catseg_config_is_catseg_setting():
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / "catseg_vitl.yaml"))
+    cfg = get_lmseg_cfg(REPO / "configs" / "catseg_vitl.yaml")
     assert not cfg.MODEL.SAM.ENABLED and cfg.MODEL.FUSION.MODE == "clip_only"
     assert list(cfg.MODEL.PROMPTS.TEMPLATES) == ["A photo of a {} in the scene"] and not cfg.MODEL.PROMPTS.DESCRIPTIONS
     assert cfg.MODEL.CLIP.PRETRAINED == "" and cfg.MODEL.CLIP.QUICK_GELU
@@ -206,9 +193,7 @@ def test_full_size_vitb_names_and_shapes():
         k: ref.swin_shift_attn_mask(24, 12, 6) if k.endswith("attn_mask") else torch.empty(s, device="meta")
         for k, s in shapes.items()
     }
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / "catseg_vitb.yaml"))
+    cfg = get_lmseg_cfg(REPO / "configs" / "catseg_vitb.yaml")
     cfg.DATASETS.TRAIN = cfg.DATASETS.TEST = ()
     cfg.MODEL.DEVICE = "cpu"
     target = build_model(cfg).state_dict()

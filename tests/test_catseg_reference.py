@@ -23,14 +23,6 @@ SMALL_GUIDANCE = (1, 2)
 NAMES = ["wall", "cat, kitty", "sky", "chest of drawers"]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def small_sd():
     return ref.random_catseg_state_dict(**SMALL, seed=0)

@@ -3,10 +3,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from lmseg import add_lmseg_config
+from lmseg.config import get_lmseg_cfg
 
 from model_helpers import REPO, TINY_CONFIG
 
@@ -15,10 +14,7 @@ ABLATIONS = [c for c in CONFIGS if "/ablations/" in c]
 
 
 def _load(path):
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(str(REPO / path))
-    return cfg
+    return get_lmseg_cfg(REPO / path)
 
 
 @pytest.mark.parametrize("path", CONFIGS)

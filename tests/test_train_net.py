@@ -10,7 +10,6 @@ import pytest
 import torch
 from detectron2.engine import HookBase, default_argument_parser
 
-from lmseg.checkpoint import LMSegCheckpointer
 from lmseg.engine import Trainer, setup
 
 from model_helpers import REPO, TINY_CONFIG

@@ -26,12 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import HookBase  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lmseg import add_lmseg_config  # noqa: E402
-from lmseg.config import use_cpu_without_cuda  # noqa: E402
+from lmseg.config import get_lmseg_cfg, use_cpu_without_cuda  # noqa: E402
 from lmseg.data import load_vocabulary  # noqa: E402
 from lmseg.engine import Trainer  # noqa: E402
 
@@ -48,10 +46,7 @@ def _sync(device: str) -> None:
 
 
 def _cfg(args):
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_lmseg_cfg(args.config_file, args.opts)
     cfg.MODEL.CLIP.PRETRAINED = ""
     cfg.MODEL.SAM.CHECKPOINT = ""
     use_cpu_without_cuda(cfg)

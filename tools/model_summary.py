@@ -12,10 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from lmseg import add_lmseg_config  # noqa: E402
+from lmseg.config import get_lmseg_cfg  # noqa: E402
 from lmseg.modeling import format_parameter_summary  # noqa: E402
 
 
@@ -25,10 +24,7 @@ def main(argv=None) -> None:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
 
-    cfg = get_cfg()
-    add_lmseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_lmseg_cfg(args.config_file, args.opts)
     cfg.MODEL.CLIP.PRETRAINED = ""
     cfg.MODEL.SAM.CHECKPOINT = ""
     cfg.MODEL.DEVICE = "cpu"

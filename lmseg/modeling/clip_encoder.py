@@ -16,7 +16,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import open_clip
 import torch

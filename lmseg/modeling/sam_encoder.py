@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from functools import partial
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
