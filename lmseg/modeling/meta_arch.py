@@ -405,9 +405,10 @@ class LMSeg(nn.Module):
         return results
 
     def _pad(self, image: torch.Tensor) -> torch.Tensor:
-        """Pad bottom/right to a multiple of the size divisibility with the CLIP mean colour.
+        """Pad bottom/right to a multiple of the size divisibility with CLIP's mean colour.
 
-        (Zero after normalisation, so CLIP and SAM alike see a neutral strip.)
+        The strip is zero after CLIP's normalisation (as CAT-Seg pads) and nearly so after SAM's,
+        whose mean colour is close.
         """
         d = self.size_divisibility
         if d <= 0:
