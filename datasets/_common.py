@@ -5,7 +5,7 @@ import os
 import sys
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Callable, List, Sequence, TypeVar
+from typing import Callable, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -58,6 +58,19 @@ def run(function: Callable[[T], R], items: Sequence[T], workers: int, desc: str)
             results.append(function(item))
             report(len(results))
     return results
+
+
+def convert_label_folder(
+    convert: Callable[[Tuple[Path, Path]], None], source_dir: Path, target_dir: Path, workers: int, desc: str
+) -> None:
+    """Convert every label PNG of ``source_dir`` into the file of the same name in ``target_dir``,
+    calling ``convert((source, target))`` in ``workers`` processes."""
+    sources = sorted(source_dir.glob("*.png"))
+    if not sources:
+        raise SystemExit(f"error: no label PNGs in {source_dir}")
+    pairs = [(source, target_dir / source.name) for source in sources]
+    run(convert, pairs, workers, desc)
+    print(f"wrote {len(pairs)} labels to {target_dir}")
 
 
 def read_single_channel(path: Path) -> np.ndarray:

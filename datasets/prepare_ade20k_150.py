@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from _common import argument_parser, datasets_root, read_single_channel, require, run, save_label
+from _common import argument_parser, convert_label_folder, datasets_root, read_single_channel, require, save_label
 
 
 def convert(paths: Tuple[Path, Path]) -> None:
@@ -39,12 +39,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             "Unzip ADEChallengeData2016.zip into $DETECTRON2_DATASETS (see datasets/README.md).",
         )
         target_dir = args.root / "annotations_detectron2" / split
-        sources = sorted(source_dir.glob("*.png"))
-        if not sources:
-            raise SystemExit(f"error: no label PNGs in {source_dir}")
-        pairs = [(source, target_dir / source.name) for source in sources]
-        run(convert, pairs, args.workers, f"ade20k-150 {split}")
-        print(f"wrote {len(pairs)} labels to {target_dir}")
+        convert_label_folder(convert, source_dir, target_dir, args.workers, f"ade20k-150 {split}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from _common import argument_parser, datasets_root, read_single_channel, require, run, save_label
+from _common import argument_parser, convert_label_folder, datasets_root, read_single_channel, require, save_label
 
 # COCO category ids 1..182 that no annotation uses: 11 of the 91 thing ids. The 80 used thing ids
 # and the 91 stuff ids 92..182 are, in increasing order, the 171 classes of coco.json.
@@ -53,12 +53,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             "(see datasets/README.md).",
         )
         target_dir = args.root / "annotations_detectron2" / split
-        sources = sorted(source_dir.glob("*.png"))
-        if not sources:
-            raise SystemExit(f"error: no label PNGs in {source_dir}")
-        pairs = [(source, target_dir / source.name) for source in sources]
-        run(functools.partial(convert, table=table), pairs, args.workers, f"coco-stuff {split}")
-        print(f"wrote {len(pairs)} labels to {target_dir}")
+        convert_label_folder(functools.partial(convert, table=table), source_dir, target_dir, args.workers,
+                             f"coco-stuff {split}")
 
 
 if __name__ == "__main__":
