@@ -92,7 +92,6 @@ class TrainStep(SimpleTrainer):
         self._check_finite(losses, loss_dict)
 
         self.optimizer.zero_grad(set_to_none=True)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.scaler is not None:
             self.scaler.scale(losses).backward()
             self.scaler.unscale_(self.optimizer)
@@ -100,6 +99,7 @@ class TrainStep(SimpleTrainer):
             losses.backward()
         self.after_backward()
         if self.clip_norm > 0:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
         self._write_metrics(loss_dict, data_time)
         weight = unwrap(self.model).fusion_weight
