@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from lmseg.config import get_lmseg_cfg, use_cpu_without_cuda  # noqa: E402
+from lmseg.api import Segmenter  # noqa: E402
+from lmseg.config import get_lmseg_cfg  # noqa: E402
 from lmseg.data import load_vocabulary  # noqa: E402
-from lmseg.predictor import Predictor  # noqa: E402
 from lmseg.visualize import classes_by_area, draw_overlay  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -72,11 +72,7 @@ def main(argv=None) -> int:
     if not paths:
         print(f"error: no images found in {' '.join(args.input)}", file=sys.stderr)
         return 2
-    cfg = get_lmseg_cfg(args.config_file, args.opts)
-    use_cpu_without_cuda(cfg)
-    cfg.DATASETS.TRAIN = ()
-    cfg.DATASETS.TEST = ()
-    predictor = Predictor(cfg)
+    predictor = Segmenter(get_lmseg_cfg(args.config_file, args.opts))
     try:
         predictor.set_vocabulary(names)
     except (ValueError, TypeError) as err:
@@ -91,7 +87,7 @@ def main(argv=None) -> int:
             print(f"{path}: skipped, cannot read it as an image ({err})", file=sys.stderr)
             failed += 1
             continue
-        labels = predictor.segment(image)
+        labels = predictor(image).label_map
         stem = os.path.join(args.output, Path(path).stem)
         Image.fromarray(labels.astype(np.uint8 if len(names) <= 256 else np.uint16)).save(stem + "_labels.png")
         Image.fromarray(draw_overlay(image, labels, names)).save(stem + "_overlay.jpg", quality=90)

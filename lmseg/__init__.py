@@ -5,9 +5,10 @@ datasets with its catalogs.
 """
 from . import data  # noqa: F401  (registers the datasets)
 from . import modeling  # noqa: F401  (registers the meta-architecture)
+from .api import Segmentation, Segmenter
 from .config import add_lmseg_config
 from .modeling import LMSeg
 
 __version__ = "0.1.0"
 
-__all__ = ["LMSeg", "add_lmseg_config", "__version__"]
+__all__ = ["LMSeg", "Segmentation", "Segmenter", "add_lmseg_config", "__version__"]
