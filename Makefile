@@ -10,15 +10,16 @@ setup:
 test: setup
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
-# The demo: by default the tiny random model on demo/example.jpg (checks an installation; its
-# labels are meaningless). Real results need trained weights, e.g. CAT-Seg's:
-#   make demo CONFIG=configs/catseg_vitb.yaml WEIGHTS=model_base.pth INPUT=photo.jpg VOCAB="cat,sofa"
-CONFIG ?= configs/tiny.yaml
-WEIGHTS ?=
-INPUT ?= demo/example.jpg
-VOCAB ?= sky,grass,house,red ball,sun
+# The demo: CAT-Seg's ViT-B weights (downloaded once into ~/.cache/lmseg, or $LMSEG_CACHE) on a
+# CC0 photo shipped with the project. Without network it says which file to put where, then runs
+# the offline installation check (configs/tiny.yaml). Any image, vocabulary or model:
+#   make demo INPUT=photos/ VOCAB="cat,sofa|couch,floor" [CONFIG=configs/vitb.yaml WEIGHTS=model.pth]
+INPUT ?= demo/coffee.jpg
+VOCAB ?= cup|mug,coffee,saucer|plate,spoon,table,background
 OUTPUT ?= demo_output
+CONFIG ?=
+WEIGHTS ?=
 
 demo: setup
-	$(PYTHON) demo/demo.py --config-file $(CONFIG) --input $(INPUT) --vocab "$(VOCAB)" --output $(OUTPUT) \
-		$(if $(WEIGHTS),MODEL.WEIGHTS $(WEIGHTS))
+	$(PYTHON) demo/demo.py --input $(INPUT) --vocab "$(VOCAB)" --output $(OUTPUT) \
+		$(if $(CONFIG),--config-file $(CONFIG)) $(if $(WEIGHTS),--weights $(WEIGHTS))

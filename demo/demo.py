@@ -149,6 +149,7 @@ def build_segmenter(args) -> Segmenter:
             weights = str(fetch(weights))
         except DownloadError as err:
             raise UsageError(f"{err}\nOr {place_hint(args.weights)}") from None
+    weights = weights and os.path.expanduser(weights)
     if weights and not os.path.isfile(weights):
         raise UsageError(f"--weights {weights}: no such file")
     try:

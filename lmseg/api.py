@@ -347,7 +347,7 @@ class Segmenter:
             raise FileNotFoundError(f"config file {config_file!r} not found (configs/*.yaml lists the shipped ones)")
         cfg = get_lmseg_cfg(config_file)
         if weights:
-            cfg.MODEL.WEIGHTS = str(weights)
+            cfg.MODEL.WEIGHTS = os.path.expanduser(str(weights))
         if device:
             cfg.MODEL.DEVICE = device
         cfg.merge_from_list(list(opts))
