@@ -10,7 +10,7 @@ Where it cannot be fetched, it says which file to put where and runs the offline
 
 For each image IMG it writes, under --output and at IMG's path relative to the inputs' common
 folder: IMG.overlay.jpg (colours and a legend of the classes present), IMG.labels.png (the class
-index of each pixel, 16-bit above 256 classes) and IMG.json (the vocabulary, each present class's
+index of each pixel, 16-bit from 256 classes) and IMG.json (the vocabulary, each present class's
 pixel share and score), and prints one line. A video is written back as VIDEO.overlay.mp4.
 
 Vocabulary: --vocab (classes separated by ",", synonyms of one class by "|"), or --vocab-file (one

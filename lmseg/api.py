@@ -230,7 +230,8 @@ class Segmentation:
 
     Attributes:
         label_map: (H, W) at the image's own size, the index into ``vocabulary`` of each pixel's
-            best class; uint8 up to 256 classes, uint16 up to 65,536, int32 beyond.
+            best class; uint8 up to 255 classes (255 stays free, the "ignore" value of label
+            PNGs), uint16 up to 65,535, int32 beyond.
         scores: (T,) float32, per class the mean probability over the pixels given to it
             (0 for a class given no pixel).
         pixel_share: (T,) float64, per class the fraction of the pixels given to it.
@@ -474,7 +475,7 @@ def _label_map(probs: torch.Tensor, size: Tuple[int, int]) -> Tuple[np.ndarray, 
     """The label map (H, W) of class probabilities (T, h, w) resized to ``size``, with per class
     the sum of the winning probabilities (T,) and the pixel count (T,)."""
     t = probs.shape[0]
-    dtype = np.uint8 if t <= 256 else np.uint16 if t <= 65536 else np.int32
+    dtype = np.uint8 if t <= 255 else np.uint16 if t <= 65535 else np.int32
     labels = np.empty(size, dtype)
     best_sum = np.zeros(t)
     counts = np.zeros(t)
