@@ -61,9 +61,9 @@ STEP_ELEMENTS = 2**22
 MAX_IMAGE_PIXELS = 400_000_000
 
 WEIGHTS_HINT = (
-    "trained weights: CAT-Seg's ViT-B checkpoint (python demo/demo.py downloads it on first use; "
-    "see MODEL_ZOO.md), then Segmenter.from_config('configs/catseg_vitb.yaml', weights='model_base.pth') "
-    "or MODEL.WEIGHTS model_base.pth"
+    "trained weights: CAT-Seg's ViT-B checkpoint, which demo/demo.py downloads when run without "
+    "--config-file (see MODEL_ZOO.md); load it with configs/catseg_vitb.yaml and MODEL.WEIGHTS "
+    "(demo: --weights, Python: weights=)"
 )
 
 _said_cpu = False
