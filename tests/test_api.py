@@ -2,6 +2,7 @@
 import logging
 import re
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -198,3 +199,11 @@ def test_the_readme_python_example_runs_as_written(monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "(400, 600)" and len(lines) >= 2
     assert all(re.fullmatch(r"\S.* of the image, score \d\.\d\d", line) for line in lines[1:])
+
+
+def test_sixteen_bit_files_are_scaled_not_clipped(tmp_path):
+    rgb = np.stack([np.full((4, 5), 65535), np.full((4, 5), 257 * 100), np.full((4, 5), 257 * 3)], -1).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    Image.fromarray(np.full((4, 5), 257 * 200, np.uint16)).save(tmp_path / "gray16.png")
+    assert (api.read_image(tmp_path / "rgb16.png") == (255, 100, 3)).all()
+    assert (api.read_image(tmp_path / "gray16.png") == 200).all()
