@@ -196,7 +196,8 @@ def segment_images(seg: Segmenter, paths: List[str], out: Path) -> int:
             result = seg(image)
             write_outputs(image, result, stem, path)
         except InputError as err:
-            tqdm.write(f"{path}: skipped: {err}", file=sys.stderr)
+            reason = str(err).removeprefix(f"{path}: ")
+            tqdm.write(f"{path}: skipped: {reason}", file=sys.stderr)
             skipped += 1
         except MemoryError:
             tqdm.write(f"{path}: skipped: not enough memory for this image; downscale it", file=sys.stderr)

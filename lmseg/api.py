@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
@@ -57,8 +58,6 @@ ImageLike = Union[str, "os.PathLike[str]", np.ndarray, Image.Image, torch.Tensor
 SCORE_ELEMENTS = 2**28
 # Elements of one (classes x rows x width) step of the full-size label-map computation (16 MiB).
 STEP_ELEMENTS = 2**22
-# Images with more pixels than this are refused rather than decoded (a 20,000 x 20,000 photo).
-MAX_IMAGE_PIXELS = 400_000_000
 
 WEIGHTS_HINT = (
     "trained weights: CAT-Seg's ViT-B checkpoint, which demo/demo.py downloads when run without "
@@ -114,33 +113,28 @@ def read_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
 
     EXIF orientation is applied; 16-bit images are scaled (not clipped) to 8 bits; palette,
     grayscale, CMYK and alpha images become RGB (alpha dropped). Raises :class:`InputError` for a
-    missing, unreadable, truncated or too large file.
+    missing, unreadable, truncated or too large file (Pillow's decompression-bomb limit).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder, not an image")
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # checked below, with a message of our own
     try:
-        with Image.open(path) as img:
-            pixels = img.width * img.height
-            if pixels > MAX_IMAGE_PIXELS:
-                raise InputError(
-                    f"{path}: {img.width} x {img.height} pixels is more than the {MAX_IMAGE_PIXELS:,} this reads; "
-                    "downscale it first"
-                )
-            img.load()
-            return pil_to_rgb(ImageOps.exif_transpose(img))
+        with warnings.catch_warnings():
+            # up to twice Pillow's MAX_IMAGE_PIXELS (179 million pixels) opens, without the warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return pil_to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{path}: too large to open safely ({err}); downscale it first") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image (or a format Pillow cannot read)") from None
+    except InputError:
+        raise
     except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, InputError):
-            raise
         raise InputError(f"{path}: cannot read the image, truncated or corrupt ({err})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:

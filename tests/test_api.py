@@ -1,6 +1,8 @@
 """lmseg.Segmenter: inputs of every kind, vocabularies, results, bounded memory (tiny config)."""
 import logging
 import re
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -207,3 +209,15 @@ def test_sixteen_bit_files_are_scaled_not_clipped(tmp_path):
     Image.fromarray(np.full((4, 5), 257 * 200, np.uint16)).save(tmp_path / "gray16.png")
     assert (api.read_image(tmp_path / "rgb16.png") == (255, 100, 3)).all()
     assert (api.read_image(tmp_path / "gray16.png") == 200).all()
+
+
+def test_an_image_too_large_to_open_safely_is_refused(tmp_path):
+    # a PNG header announcing 20,000 x 20,000 pixels: Pillow's decompression-bomb check stops at it
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="bomb.png: too large to open safely .*downscale it first"):
+        api.read_image(path)
