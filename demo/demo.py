@@ -227,6 +227,9 @@ def segment_video(seg: Segmenter, path: str, out: Path) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     height, width = frame.shape[:2]
     writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        print(f"{path}: skipped: OpenCV cannot write {target} (no MPEG-4 encoder in this build)", file=sys.stderr)
+        return 1
     shares = np.zeros(len(seg.vocabulary))
     count = 0
     with tqdm(total=frames, unit="frame", file=sys.stderr, desc=Path(path).name) as bar:

@@ -394,7 +394,12 @@ class Segmenter:
             raise InputError("no vocabulary: pass vocabulary=... or call set_vocabulary([...class names...]) first")
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
-        arrays = [to_rgb(im) for im in batch]
+        arrays = []
+        for k, image in enumerate(batch):
+            try:
+                arrays.append(to_rgb(image))
+            except InputError as err:
+                raise InputError(f"image {k + 1} of {len(batch)}: {err}" if not single else str(err)) from None
         results: List[Segmentation] = []
         for start in range(0, len(arrays), self.batch_size):
             results += self._segment_batch(arrays[start : start + self.batch_size], probabilities)

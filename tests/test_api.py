@@ -138,6 +138,11 @@ def test_bad_images_are_refused_with_what_is_expected(seg, value, message):
         seg(value, vocabulary="cat")
 
 
+def test_a_bad_image_in_a_list_is_named_by_its_position(seg):
+    with pytest.raises(InputError, match=r"image 2 of 3: an image array of shape \(3, 8, 8\)"):
+        seg([_image(), np.zeros((3, 8, 8), np.uint8), _image()], vocabulary="cat")
+
+
 def test_batch_equals_single_calls_and_sizes_may_differ(seg):
     seg.set_vocabulary(VOCAB)
     images = [_image(), _image(30, 20, seed=1), _image(1, 1, seed=2)]
