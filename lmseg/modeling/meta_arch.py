@@ -118,6 +118,7 @@ class LMSeg(nn.Module):
             guidance_layers=cfg.MODEL.CLIP.GUIDANCE_LAYERS,
             finetune=cfg.MODEL.CLIP.FINETUNE,
             text_batch_size=cfg.MODEL.CLIP.TEXT_BATCH_SIZE,
+            dense=cfg.MODEL.FUSION.MODE != "sam_only",
         )
         sam = None
         if sam_enabled:
