@@ -110,7 +110,9 @@ def crop_and_resize(features: torch.Tensor, boxes: torch.Tensor, size: int) -> t
         size: output side.
 
     Returns:
-        (M, C, size, size); the sampling points are the centres of the output cells.
+        (M, C, size, size); the sampling points are the centres of the output cells. Within half a
+        cell of the map's border, values are those of the border cells (as bilinear resizing with
+        ``F.interpolate`` does), not blended with zeros.
     """
     idx = boxes[:, 0].long()
     x0, y0, x1, y1 = boxes[:, 1:].to(features.dtype).unbind(1)
@@ -119,4 +121,4 @@ def crop_and_resize(features: torch.Tensor, boxes: torch.Tensor, size: int) -> t
     gx = (x0[:, None] + (x1 - x0)[:, None] * steps) * 2 - 1  # (M, size)
     gy = (y0[:, None] + (y1 - y0)[:, None] * steps) * 2 - 1
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (M, size, size, 2)
-    return F.grid_sample(features[idx], grid, mode="bilinear", align_corners=False)
+    return F.grid_sample(features[idx], grid, mode="bilinear", padding_mode="border", align_corners=False)
