@@ -36,8 +36,9 @@ class Predictor:
     def vocabulary(self):
         return self.model.vocabulary
 
-    def set_vocabulary(self, class_names: Sequence[str]) -> None:
-        self.model.set_vocabulary(class_names)
+    def set_vocabulary(self, class_names: Sequence[str], descriptions=None) -> None:
+        """See ``LMSeg.set_vocabulary``: descriptions come from MODEL.PROMPTS.DESCRIPTIONS unless given."""
+        self.model.set_vocabulary(class_names, descriptions)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> torch.Tensor:

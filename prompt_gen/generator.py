@@ -344,21 +344,25 @@ class Generator:
                 self._redo.add(name)
         return data
 
-    def missing(self, data: Dict[str, object]) -> List[str]:
-        return [n for n in self.vocabulary if n not in data or n in self._redo]
+    def missing(self, data: Dict[str, object], names: Optional[Sequence[str]] = None) -> List[str]:
+        """Names (default: the whole vocabulary) without an acceptable entry in ``data``."""
+        return [n for n in (self.vocabulary if names is None else names) if n not in data or n in self._redo]
 
     def requests(self) -> List[dict]:
         """The requests a run would send now (what --dry-run prints)."""
         return [build_request(n, self.vocabulary, self.endpoint.model, self.structured) for n in self.missing(self.existing())]
 
     # --- the run ------------------------------------------------------------------------------
-    def run(self) -> Report:
+    def run(self, names: Optional[Sequence[str]] = None) -> Report:
+        """Ask for the classes of ``names`` (default: the whole vocabulary) that the output file
+        does not describe yet, writing each accepted entry at once."""
+        wanted = self.vocabulary if names is None else list(names)
         data = self.existing()
-        todo = self.missing(data)
+        todo = self.missing(data, wanted)
         for name in self.vocabulary:
             if name in data and name not in todo:
                 self._claim(name, data[name])
-        report = Report(out=self.out, total=len(self.vocabulary), kept=len(self.vocabulary) - len(todo))
+        report = Report(out=self.out, total=len(wanted), kept=len(wanted) - len(todo))
         if not todo:
             return report
         client = self._client()
@@ -573,3 +577,28 @@ def _retry_after(headers) -> Optional[float]:
         if seconds >= 0:
             return seconds
     return None
+
+
+def describe(
+    names: Sequence[str],
+    vocabulary: Sequence[str],
+    endpoint: Endpoint,
+    cache: str,
+    *,
+    policy: Optional[RetryPolicy] = None,
+    jobs: int = 4,
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Dict[str, str]]:
+    """Descriptions of ``names`` from the ``cache`` descriptions file, asking the LLM for those it
+    lacks (and adding them to it). Names the LLM could not describe are absent from the result;
+    why is logged."""
+    log = log or (lambda message: print(message, file=sys.stderr))
+    context = list(vocabulary) + [n for n in names if n not in vocabulary]
+    generator = Generator(endpoint, context, cache, jobs=jobs, policy=policy, log=log)
+    report = generator.run(names)
+    if report.stopped:
+        log(f"asking {endpoint.url} for descriptions stopped: {report.stopped}")
+    for name, error in report.failed.items():
+        log(f"no description of {name!r} from {endpoint.url}: {error}")
+    data = load_existing(cache)
+    return {n: data[n] for n in names if n in data and not entry_problems(n, data[n])}

@@ -90,7 +90,8 @@ def test_labels_under_ignore_pixels_do_not_change_the_loss():
     torch.testing.assert_close(model(other)["loss_sem_seg"], loss)
     changed = copy.deepcopy(batch)
     changed[0]["sem_seg"][25:30] = (changed[0]["sem_seg"][25:30] + 1) % len(VOCAB)
-    assert not torch.allclose(model(changed)["loss_sem_seg"], loss)
+    # (a random tiny model scores all classes alike, so the change is small: compare exactly)
+    assert model(changed)["loss_sem_seg"].item() != loss.item()
 
 
 def test_vocabulary_of_one_and_two_thousand_classes_and_switching_back():

@@ -114,8 +114,10 @@ def test_falls_back_to_plain_replies_without_structured_output(files, capsys):
 def test_server_stopping_mid_run_then_rerun_completes(files, capsys):
     classes, out = files
     served = 3
+    on_disk = []  # entries in the output file when each request arrives
 
     def behave(n, name, request):
+        on_disk.append(len(read(out)) if os.path.exists(out) else 0)
         if n <= served:
             if n == served:
                 threading.Thread(target=server.stop).start()
@@ -127,6 +129,7 @@ def test_server_stopping_mid_run_then_rerun_completes(files, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "stopped" in err and "rerun the same command" in err and "Traceback" not in err
+    assert on_disk[:served + 1] == list(range(served + 1))  # each reply written as it arrived
     first = read(out)
     assert list(first) == VOCABULARY[:served]
     assert first == {n: fake_entry(prompt_name(n)) for n in VOCABULARY[:served]}

@@ -8,7 +8,6 @@ from lmseg.modeling.cost import CostEmbedding, cost_volume
 from lmseg.modeling.decoder import Decoder
 from lmseg.modeling.fusion import FUSION_MODES, FeatureFusion, crop_and_resize
 from lmseg.modeling.loss import sem_seg_bce_loss
-from lmseg.modeling.prompts import PromptBuilder
 from lmseg.modeling.sam_encoder import SamEncoder
 
 from model_helpers import VOCAB, eval_batch, scores, tiny_model, train_batch
@@ -93,19 +92,6 @@ def test_crop_and_resize_full_box_is_bilinear_resize():
     torch.testing.assert_close(out[1], feats[0, :, :8, :8])
 
 
-def test_prompts_templates_and_descriptions():
-    builder = PromptBuilder(["a {}.", "the {} here"], {"sofa, couch": ["a soft seat"], "cat": ["a small pet"]})
-    assert builder.num_prompts == 3
-    assert builder(["sofa, couch", "cat"]) == [
-        ["a sofa.", "the sofa here", "a soft seat"],
-        ["a cat.", "the cat here", "a small pet"],
-    ]
-    with pytest.raises(KeyError, match="no descriptions for 1 classes"):
-        builder(["dog"])
-    with pytest.raises(ValueError, match="same number"):
-        PromptBuilder(["{}"], {"a": ["x"], "b": ["x", "y"]})
-
-
 def test_cost_volume_is_cosine():
     feats = torch.randn(B, 16, 4, 4)
     text = torch.nn.functional.normalize(torch.randn(T, P, 16), dim=-1)
@@ -176,7 +162,9 @@ def test_loss_ignores_pixels_and_checks_labels():
 
 
 def test_model_train_and_inference_shapes_with_several_prompts():
-    model = tiny_model("MODEL.PROMPTS.TEMPLATES", '["a photo of a {}.", "a {} in the scene", "{}"]', eval=False)
+    model = tiny_model(
+        "MODEL.PROMPTS.TEMPLATES", '["a photo of a {}.", "a {} in the scene", "{}"]', "MODEL.PROMPTS.TEXTS", "template", eval=False
+    )
     assert model.num_prompts == 3
     losses = model(train_batch(num_images=B))
     assert set(losses) == {"loss_sem_seg"} and losses["loss_sem_seg"].ndim == 0
