@@ -314,6 +314,7 @@ class Generator:
         self.progress = progress
         self._log = log or (lambda message: print(message, file=sys.stderr))
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_reason: Optional[str] = None
         self._server_failures_in_a_row = 0
@@ -369,12 +370,12 @@ class Generator:
         bar = self._bar(len(todo))
         self._last_success = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=self.jobs)
-        futures = {pool.submit(self._describe, client, name): name for name in todo}
+        futures = {pool.submit(self._describe_and_write, client, name, data): name for name in todo}
         try:
             for future in as_completed(futures):
                 name = futures[future]
                 try:
-                    entry = future.result()
+                    future.result()
                 except CancelledError:
                     continue
                 except _Stopped:
@@ -386,8 +387,6 @@ class Generator:
                         for f in futures:
                             f.cancel()
                 else:
-                    data[name] = entry
-                    write_descriptions(self.out, data, self.vocabulary)
                     report.written.append(name)
                 if bar is not None:
                     bar.update(1)
@@ -403,6 +402,17 @@ class Generator:
             client.close()
         report.stopped = self._stop_reason
         return report
+
+    def _describe_and_write(self, client, name: str, data: Dict[str, object]) -> Dict[str, str]:
+        """Describe one class and write the file with it at once, before the next class is asked."""
+        entry = self._describe(client, name)
+        with self._write_lock:
+            data[name] = entry
+            try:
+                write_descriptions(self.out, data, self.vocabulary)
+            except OSError as e:
+                raise GeneratorError(f"cannot write {self.out}: {e}") from None
+        return entry
 
     def _bar(self, total: int):
         if not self.progress:
