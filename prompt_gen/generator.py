@@ -109,10 +109,6 @@ class Report:
     def missing(self) -> int:
         return self.total - self.kept - len(self.written)
 
-    @property
-    def ok(self) -> bool:
-        return self.missing == 0
-
 
 class GeneratorError(RuntimeError):
     """A problem that stops the run before or instead of asking (bad input, refused key...)."""
@@ -182,7 +178,7 @@ def user_prompt(class_name: str, vocabulary: Sequence[str], structured: bool) ->
         f"Write three descriptions of how a {name} looks in a photograph:",
         questions,
         "",
-        f'Each description continues the sentence "{compose_prompt(class_name, "...")[:-4]}" and is one short '
+        f'Each description continues the sentence "{compose_prompt(class_name, "").rstrip()}" and is one short '
         f'phrase of at most 20 words. Do not repeat the word "{name}" and do not begin with "is" or "which". '
         "Name what tells it apart from similar classes of the vocabulary.",
     ]
