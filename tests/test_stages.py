@@ -83,6 +83,19 @@ def test_weighted_fusion_starts_as_clip_only():
     torch.testing.assert_close(fusion(c, torch.randn(2, 4, 4, 4)), 0.5 * c)
 
 
+@pytest.mark.parametrize("mode", ["add", "attention"])
+def test_additive_fusions_start_as_clip_only_exactly(mode):
+    # zero SAM projection: nothing added (attention: zero keys and values, zero output bias)
+    fusion = FeatureFusion(mode, clip_dim=8, sam_dim=4, attention_heads=2)
+    c = torch.randn(2, 8, 4, 4)
+    assert torch.equal(fusion(c, torch.randn(2, 4, 4, 4)), c)
+
+
+def test_sam_only_fusion_starts_from_non_zero_features():
+    fusion = FeatureFusion("sam_only", clip_dim=8, sam_dim=4)
+    assert fusion(None, torch.randn(2, 4, 4, 4)).norm(dim=1).min() > 0
+
+
 def test_crop_and_resize_full_box_is_bilinear_resize():
     feats = torch.randn(2, 3, 16, 16)
     boxes = torch.tensor([[1, 0, 0, 1, 1.0], [0, 0, 0, 0.5, 0.5]])
