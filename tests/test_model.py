@@ -1,10 +1,13 @@
 """Model-level behaviour: fine-tuning masks, vocabulary handling, ignore pixels, errors, precision."""
-import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.modeling import build_model
 
+from lmseg.modeling import FUSION_MODES, meta_arch
+from lmseg.modeling.loss import sem_seg_bce_loss
+from lmseg.modeling.meta_arch import EXCLUDED_LOGIT
 from lmseg.modeling.summary import parameter_summary
 
 from model_helpers import VOCAB, eval_batch, scores, tiny_cfg, tiny_model, train_batch
@@ -77,21 +80,33 @@ def test_vocabulary_permutation_permutes_scores():
     torch.testing.assert_close(sliding, scores(model, batch)[0][perm], rtol=1e-4, atol=1e-5)
 
 
-def test_labels_under_ignore_pixels_do_not_change_the_loss():
+def _spy_on_loss(monkeypatch):
+    """Record the logits (N, T, H, W) the model's training loss is computed from."""
+    seen = []
+
+    def spy(logits, labels, ignore_value):
+        seen.append(logits.detach())
+        return sem_seg_bce_loss(logits, labels, ignore_value)
+
+    monkeypatch.setattr(meta_arch, "sem_seg_bce_loss", spy)
+    return seen
+
+
+def test_ignored_pixels_take_no_part_in_the_loss(monkeypatch):
+    seen = _spy_on_loss(monkeypatch)
     model = tiny_model(eval=False)
     batch = train_batch()
     for item in batch:
         item["sem_seg"][:20] = 255
-    loss = model(copy.deepcopy(batch))["loss_sem_seg"]
-    # the same images with other labels where the first ones were ignored: same loss
-    other = copy.deepcopy(batch)
-    for item in other:
-        item["sem_seg"][:20] = 255
-    torch.testing.assert_close(model(other)["loss_sem_seg"], loss)
-    changed = copy.deepcopy(batch)
-    changed[0]["sem_seg"][25:30] = (changed[0]["sem_seg"][25:30] + 1) % len(VOCAB)
-    # (a random tiny model scores all classes alike, so the change is small: compare exactly)
-    assert model(changed)["loss_sem_seg"].item() != loss.item()
+    loss = model(batch)["loss_sem_seg"]
+    # the mean binary cross-entropy over every class at the labelled pixels (rows 20 to 63) only
+    logits = seen[-1][:, :, 20:].permute(0, 2, 3, 1).reshape(-1, len(VOCAB))
+    onehot = F.one_hot(torch.stack([x["sem_seg"][20:] for x in batch]).reshape(-1), len(VOCAB)).float()
+    expected = -(onehot * F.logsigmoid(logits) + (1 - onehot) * F.logsigmoid(-logits)).mean()
+    torch.testing.assert_close(loss, expected)
+    # a labelled pixel's label counts
+    batch[0]["sem_seg"][25:30] = (batch[0]["sem_seg"][25:30] + 1) % len(VOCAB)
+    assert not torch.allclose(model(batch)["loss_sem_seg"], loss)
 
 
 def test_vocabulary_of_one_and_two_thousand_classes_and_switching_back():
@@ -147,14 +162,20 @@ def test_training_recomputes_text_with_gradients():
     assert q.grad is not None and q.grad.abs().sum() > 0
 
 
-def test_training_with_more_classes_than_the_cap_keeps_labelled_classes():
-    vocab = [f"class {i}" for i in range(40)]  # cap is 32
-    model = tiny_model(vocabulary=vocab, eval=False)
-    batch = train_batch(num_classes=40)
-    loss = model(batch)["loss_sem_seg"]
-    # with labelled classes forced into the kept set, no labelled pixel sees the -100 logit
-    assert loss.item() < 5.0
-    loss.backward()
+def test_training_with_more_classes_than_the_cap_keeps_labelled_classes(monkeypatch):
+    seen = _spy_on_loss(monkeypatch)
+    vocab = [f"class {i}" for i in range(40)]
+    model = tiny_model("MODEL.LMSEG.CLASS_CAP", "4", vocabulary=vocab, eval=False)
+    batch = train_batch(num_classes=2)
+    labelled = [(3, 17), (25, 38)]  # each image's own classes, two of the 40
+    for item, classes in zip(batch, labelled):
+        item["sem_seg"] = torch.tensor(classes)[item["sem_seg"]]
+    model(batch)["loss_sem_seg"].backward()
+    kept = seen[-1].amax(dim=(2, 3)) > EXCLUDED_LOGIT  # (images, classes) not given the excluded logit
+    for image_kept, classes in zip(kept, labelled):
+        # the cap keeps 4 classes of each image, its labelled ones among them, whatever their similarity
+        assert image_kept.sum() == 4 and image_kept[list(classes)].all()
+    assert not torch.equal(kept[0], kept[1])
 
 
 @pytest.mark.parametrize("bad,message", [
@@ -235,6 +256,41 @@ def test_ablation_settings_train_and_infer(opts):
     model(train_batch())["loss_sem_seg"].backward()
     model.eval()
     assert scores(model, eval_batch())[0].shape == (len(VOCAB), 90, 120)
+
+
+@pytest.mark.parametrize("mode", FUSION_MODES)
+@pytest.mark.parametrize("cap", ["32", "3"])  # the vocabulary of 5 below and above the class cap
+def test_every_trainable_weight_gets_a_finite_sensible_gradient_at_the_start(mode, cap):
+    # What multi-process training needs (a gradient for every trainable weight, in every step) and
+    # what a first step needs (no weight's gradient so large that full-model clipping, at
+    # SOLVER.CLIP_GRADIENTS.CLIP_VALUE 0.01, leaves every other weight without an update).
+    opts = ["MODEL.FUSION.MODE", mode, "MODEL.SAM.ENABLED", str(mode != "clip_only"), "MODEL.LMSEG.CLASS_CAP", cap]
+    model = tiny_model(*opts, eval=False)
+    loss = model(train_batch())["loss_sem_seg"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    norms = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name} is trainable but takes no part in the loss"
+            norms[name] = p.grad.norm().item()
+    total = sum(v * v for v in norms.values()) ** 0.5
+    assert 0.1 < total < 20.0, total
+    # the new parts all learn from the first step
+    for part in ("fusion.sam_proj.weight", "aggregator.appearance_guidance.0.weight", "decoder.head.weight"):
+        if part in norms:
+            assert norms[part] > 1e-4, (part, norms[part])
+    assert mode == "clip_only" or "fusion.sam_proj.weight" in norms
+
+
+def test_sam_only_trains_only_the_clip_weights_that_reach_the_output():
+    model = tiny_model("MODEL.FUSION.MODE", "sam_only", "MODEL.CLIP.FINETUNE", "full", eval=False)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and n.startswith("clip.model.visual.")}
+    # the tiny CLIP has 3 blocks, guidance after blocks 0 and 1: block 2, ln_post and proj only make
+    # the dense features, which sam_only does not use
+    assert trained and not any(n.startswith(("clip.model.visual.transformer.resblocks.2.", "clip.model.visual.ln_post",
+                                             "clip.model.visual.proj")) for n in trained)
+    assert "clip.model.visual.transformer.resblocks.1.attn.v_proj_weight" in trained
 
 
 def test_bfloat16_autocast_inference_on_cpu():

@@ -70,6 +70,7 @@ class LMSeg(nn.Module):
         sliding_window_size: int = 384,
         sliding_overlap: float = 0.333,
         sliding_global_weight: float = 0.5,
+        sam_per_window: bool = False,
         vocabulary: Sequence[str] = (),
         vocabulary_descriptions: DescriptionsArg = None,
     ):
@@ -103,6 +104,7 @@ class LMSeg(nn.Module):
         self.size_divisibility = size_divisibility
         self.keep_padding = keep_padding
         self.sliding_window = sliding_window
+        self.sam_per_window = sam_per_window
         if vocabulary:
             self.set_vocabulary(vocabulary, vocabulary_descriptions)
         log_parameter_summary(self)
@@ -119,6 +121,7 @@ class LMSeg(nn.Module):
             guidance_layers=cfg.MODEL.CLIP.GUIDANCE_LAYERS,
             finetune=cfg.MODEL.CLIP.FINETUNE,
             text_batch_size=cfg.MODEL.CLIP.TEXT_BATCH_SIZE,
+            dense=cfg.MODEL.FUSION.MODE != "sam_only",
         )
         sam = None
         if sam_enabled:
@@ -153,6 +156,8 @@ class LMSeg(nn.Module):
             test_pooling=agg.TEST_POOLING,
             pad_to=class_cap,
             class_chunk=class_chunk,
+            spatial=agg.SPATIAL,
+            class_attention=agg.CLASS,
         )
         dec = cfg.MODEL.DECODER
         decoder = Decoder(
@@ -186,6 +191,7 @@ class LMSeg(nn.Module):
             "sliding_window_size": cfg.TEST.SLIDING_WINDOW_SIZE,
             "sliding_overlap": cfg.TEST.SLIDING_OVERLAP,
             "sliding_global_weight": cfg.TEST.SLIDING_GLOBAL_WEIGHT,
+            "sam_per_window": cfg.TEST.SAM_PER_WINDOW,
             **_initial_vocabulary(cfg),
         }
 
@@ -388,13 +394,19 @@ class LMSeg(nn.Module):
     ) -> List[Dict[str, torch.Tensor]]:
         """Windows over the image resized to a square grid, averaged with a whole-image view.
 
-        All views of all images run as one batch; SAM runs once per image on the whole image and
-        each view takes its area of SAM's feature map.
+        All views of all images run as one batch. SAM runs once per image on the whole image and
+        each view takes its area of SAM's feature map; or, with ``sam_per_window``, once per view,
+        each window resized to SAM's input size on its own (the whole-image view sees the image).
         """
         windows = self.windows
-        clip_views = self._clip_views(torch.cat([windows.views(image) for image in images]))
+        views = torch.cat([windows.views(image) for image in images])  # (images * views, 3, s, s)
+        clip_views = self._clip_views(views)
         sam = None
-        if self.sam is not None:
+        if self.sam is not None and self.sam_per_window:
+            per_image = views.split(windows.num_views)
+            sam_inputs = [v for image, own in zip(images, per_image) for v in (*own[:-1], image)]
+            sam = self._sam_maps(self._sam_features(sam_inputs), whole_image_boxes(len(sam_inputs), self.device))
+        elif self.sam is not None:
             sam = self._sam_maps(self._sam_features(images), windows.boxes(len(images), self.device))
         logits = self._predict(clip_views, sam, text)  # (images * views, T, h, w)
 
