@@ -19,6 +19,8 @@ from model_helpers import eval_batch, scores, tiny_cfg, tiny_model
 from synthetic_datasets import write_folder_dataset
 
 TEMPLATE = "A photo of a {} in the scene"
+# LMSeg's prompts (the tiny config keeps the template alone): the template and three descriptions
+BOTH = ("MODEL.PROMPTS.TEXTS", "both")
 
 
 def entry(word):
@@ -83,7 +85,7 @@ def test_a_folder_of_files_and_the_old_format(tmp_path):
 
 
 def test_changing_one_description_changes_only_that_class_embedding():
-    model = tiny_model(vocabulary=["cat"])
+    model = tiny_model(*BOTH, vocabulary=["cat"])
     names = list(DESCRIBED)
     model.set_vocabulary(names, DESCRIBED)
     before = model.text_embeddings().clone()  # (T, P, C)
@@ -99,7 +101,7 @@ def test_changing_one_description_changes_only_that_class_embedding():
 
 
 def test_mean_combination_is_one_normalised_channel():
-    model = tiny_model("MODEL.PROMPTS.COMBINE", "mean", vocabulary=["cat"])
+    model = tiny_model(*BOTH, "MODEL.PROMPTS.COMBINE", "mean", vocabulary=["cat"])
     model.set_vocabulary(list(DESCRIBED), DESCRIBED)
     text = model.text_embeddings()
     assert text.shape[:2] == (3, 1)
@@ -109,7 +111,7 @@ def test_mean_combination_is_one_normalised_channel():
 
 
 def test_user_vocabulary_with_unknown_names_runs_on_the_template(described, caplog):
-    model = tiny_model("MODEL.PROMPTS.DESCRIPTIONS", described, vocabulary=["cat"])
+    model = tiny_model(*BOTH, "MODEL.PROMPTS.DESCRIPTIONS", described, vocabulary=["cat"])
     with caplog.at_level(logging.INFO, logger="lmseg.modeling.prompts"):
         model.set_vocabulary(["cat", "flux capacitor"])
     assert model.vocab.prompts[0][1] == "a cat, which is furry in colour"
@@ -147,9 +149,9 @@ def test_evaluation_gives_each_dataset_its_own_descriptions(tmp_path):
         ensure_datasets_registered([name])
         MetadataCatalog.get(name).set(descriptions=str(tmp_path / f"{key}.json"))
         names.append(name)
-    cfg = tiny_cfg("INPUT.MIN_SIZE_TEST", "32")
+    cfg = tiny_cfg(*BOTH, "INPUT.MIN_SIZE_TEST", "32")
     cfg.DATASETS.TEST = tuple(names)
-    model = tiny_model(vocabulary=["sofa, couch"])
+    model = tiny_model(*BOTH, vocabulary=["sofa, couch"])
     training = [list(p) for p in model.vocab.prompts]
     recorders = [PromptRecorder(model), PromptRecorder(model)]
     Trainer.test(cfg, model, recorders)
@@ -166,7 +168,7 @@ def test_llm_describes_undescribed_names_once_and_caches_them(described, tmp_pat
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-llm")
     cache = tmp_path / "cache" / "descriptions.json"
     with ChatServer() as server:
-        opts = ["MODEL.PROMPTS.DESCRIPTIONS", described, "MODEL.PROMPTS.LLM.ENABLED", "True",
+        opts = [*BOTH, "MODEL.PROMPTS.DESCRIPTIONS", described, "MODEL.PROMPTS.LLM.ENABLED", "True",
                 "MODEL.PROMPTS.LLM.BASE_URL", server.base_url, "MODEL.PROMPTS.LLM.MODEL", "test-model",
                 "MODEL.PROMPTS.LLM.CACHE", str(cache)]
         model = tiny_model(*opts, vocabulary=["cat", "flux capacitor"])
