@@ -102,11 +102,36 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.FUSION.ATTENTION_HEADS = 8
 
     cfg.MODEL.PROMPTS = CN()
-    # Templates, each formatted with the class name ("{}"), giving one prompt per class each.
+    # Templates, each formatted with the class name ("{}"), giving one prompt per class each (when
+    # TEXTS uses them); they also stand in, in turn, for the descriptions of undescribed classes.
     cfg.MODEL.PROMPTS.TEMPLATES = ["A photo of a {} in the scene"]
-    # Optional JSON of LLM-written descriptions: {class name: [description, ...]}, the same number
-    # for every class. They follow the templates as further prompts. "" = templates only.
+    # Which texts make a class's P prompts (P is the same for every class): "template" (each of
+    # TEMPLATES formatted with the name), "descriptions" (one LLM-written description per attribute
+    # of ATTRIBUTES, composed as "a wall, which is ..."), or "both" (templates first).
+    cfg.MODEL.PROMPTS.TEXTS = "both"
+    # The described attributes used, in prompt order: any of "color", "shape", "texture" (the
+    # paper's ablation: one of them alone, or all three, its best).
+    cfg.MODEL.PROMPTS.ATTRIBUTES = ["color", "shape", "texture"]
+    # How the P prompt embeddings of a class enter the cost volume: "channels" (P cost channels) or
+    # "mean" (their mean embedding, re-normalised: one channel).
+    cfg.MODEL.PROMPTS.COMBINE = "channels"
+    # Where the descriptions of a vocabulary come from when it has none of its own (registered
+    # benchmarks have their own: the "descriptions" file of their metadata): a descriptions JSON
+    # (format: prompt_gen/README.md), a folder of them (the first file, in name order, describing a
+    # name wins), or "" for the shipped folder prompt_gen/descriptions. A class described nowhere
+    # gets the template in its description slots (logged).
     cfg.MODEL.PROMPTS.DESCRIPTIONS = ""
+    # Asking an LLM (OpenAI or any OpenAI-compatible server) for the classes described nowhere,
+    # once: replies are kept in CACHE and reused. The API key comes from $OPENAI_API_KEY only.
+    cfg.MODEL.PROMPTS.LLM = CN()
+    # Off by default: a model never reaches the network unless told to.
+    cfg.MODEL.PROMPTS.LLM.ENABLED = False
+    # Model name on the server.
+    cfg.MODEL.PROMPTS.LLM.MODEL = "gpt-4o-mini"
+    # Server URL ending in /v1 ("" = $OPENAI_BASE_URL, else OpenAI).
+    cfg.MODEL.PROMPTS.LLM.BASE_URL = ""
+    # Descriptions file the generated descriptions are added to ("~" expands).
+    cfg.MODEL.PROMPTS.LLM.CACHE = "~/.cache/lmseg/descriptions.json"
 
     cfg.MODEL.COST = CN()
     # Channels of the cost embedding and of the whole aggregator.
@@ -129,6 +154,12 @@ def _add_model_config(cfg: CN) -> None:
     # Spatial average pooling before class attention, in training and at inference.
     cfg.MODEL.AGGREGATOR.POOLING = [2, 2]
     cfg.MODEL.AGGREGATOR.TEST_POOLING = [1, 1]
+    # The two branches of every layer, for the ablations: SPATIAL the Swin blocks over each class's
+    # grid (with the appearance guidance), CLASS the linear attention across classes (with the text
+    # guidance). False leaves the branch (and its guidance projection) out of the model; both False
+    # pass the cost embedding to the decoder unchanged.
+    cfg.MODEL.AGGREGATOR.SPATIAL = True
+    cfg.MODEL.AGGREGATOR.CLASS = True
 
     cfg.MODEL.DECODER = CN()
     # Output channels of the upsampling stages (each doubles the resolution).

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 # The visual attributes an LLM describes for each class, in prompt order.
@@ -183,6 +184,19 @@ def _listed(names: Iterable[str], limit: int = 5) -> str:
     names = list(names)
     head = ", ".join(repr(n) for n in names[:limit])
     return head + (", ..." if len(names) > limit else "")
+
+
+def shipped_descriptions_dir() -> Path:
+    """The repository's ``prompt_gen/descriptions/`` folder: one ``<vocabulary>.json`` per benchmark.
+
+    LMSeg is installed editable from a clone, so the folder sits next to the ``lmseg`` package.
+    """
+    return Path(__file__).resolve().parents[1] / "prompt_gen" / "descriptions"
+
+
+def benchmark_descriptions_file(vocabulary: str) -> str:
+    """The shipped descriptions file of a benchmark vocabulary ("coco", "ade150", ...)."""
+    return str(shipped_descriptions_dir() / f"{vocabulary}.json")
 
 
 def load_descriptions(path: str, vocabulary: Optional[Sequence[str]] = None) -> Descriptions:

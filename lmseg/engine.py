@@ -5,7 +5,8 @@
   fusion weight in the metrics;
 * checkpoints written atomically (:class:`lmseg.checkpoint.LMSegCheckpointer`);
 * distributed training on CPUs (gloo) as well as GPUs;
-* evaluation that gives the model each test set's vocabulary and restores the training one.
+* evaluation that gives the model each test set's vocabulary (and its descriptions) and restores
+  the training one.
 """
 from __future__ import annotations
 
@@ -242,7 +243,8 @@ class Trainer(DefaultTrainer):
             evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
             loader = cls.build_test_loader(cfg, name)
             with ExitStack() as stack:
-                stack.enter_context(lmseg.using_vocabulary(MetadataCatalog.get(name).stuff_classes))
+                meta = MetadataCatalog.get(name)
+                stack.enter_context(lmseg.using_vocabulary(meta.stuff_classes, meta.get("descriptions", None)))
                 if dtype is not None:
                     stack.enter_context(torch.autocast(lmseg.device.type, dtype=dtype))
                 results[name] = inference_on_dataset(runner, loader, evaluator)

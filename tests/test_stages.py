@@ -8,7 +8,6 @@ from lmseg.modeling.cost import CostEmbedding, cost_volume
 from lmseg.modeling.decoder import Decoder
 from lmseg.modeling.fusion import FUSION_MODES, FeatureFusion, crop_and_resize
 from lmseg.modeling.loss import sem_seg_bce_loss
-from lmseg.modeling.prompts import PromptBuilder
 from lmseg.modeling.sam_encoder import SamEncoder
 
 from model_helpers import VOCAB, eval_batch, scores, tiny_model, train_batch
@@ -83,6 +82,19 @@ def test_weighted_fusion_starts_as_clip_only():
     torch.testing.assert_close(fusion(c, torch.randn(2, 4, 4, 4)), 0.5 * c)
 
 
+@pytest.mark.parametrize("mode", ["add", "attention"])
+def test_additive_fusions_start_as_clip_only_exactly(mode):
+    # zero SAM projection: nothing added (attention: zero keys and values, zero output bias)
+    fusion = FeatureFusion(mode, clip_dim=8, sam_dim=4, attention_heads=2)
+    c = torch.randn(2, 8, 4, 4)
+    assert torch.equal(fusion(c, torch.randn(2, 4, 4, 4)), c)
+
+
+def test_sam_only_fusion_starts_from_non_zero_features():
+    fusion = FeatureFusion("sam_only", clip_dim=8, sam_dim=4)
+    assert fusion(None, torch.randn(2, 4, 4, 4)).norm(dim=1).min() > 0
+
+
 def test_crop_and_resize_full_box_is_bilinear_resize():
     feats = torch.randn(2, 3, 16, 16)
     boxes = torch.tensor([[1, 0, 0, 1, 1.0], [0, 0, 0, 0.5, 0.5]])
@@ -94,19 +106,6 @@ def test_crop_and_resize_full_box_is_bilinear_resize():
     # upsampled too, the border cells are held, not blended with zeros
     up = crop_and_resize(feats, boxes[:1], 40)
     torch.testing.assert_close(up, torch.nn.functional.interpolate(feats[1:], size=(40, 40), mode="bilinear", align_corners=False))
-
-
-def test_prompts_templates_and_descriptions():
-    builder = PromptBuilder(["a {}.", "the {} here"], {"sofa, couch": ["a soft seat"], "cat": ["a small pet"]})
-    assert builder.num_prompts == 3
-    assert builder(["sofa, couch", "cat"]) == [
-        ["a sofa.", "the sofa here", "a soft seat"],
-        ["a cat.", "the cat here", "a small pet"],
-    ]
-    with pytest.raises(KeyError, match="no descriptions for 1 classes"):
-        builder(["dog"])
-    with pytest.raises(ValueError, match="same number"):
-        PromptBuilder(["{}"], {"a": ["x"], "b": ["x", "y"]})
 
 
 def test_cost_volume_is_cosine():
@@ -131,6 +130,34 @@ def test_aggregator_shapes(training):
     agg.train(training)
     x = agg(torch.randn(B, 8, T, 8, 8), torch.randn(B, 16, 8, 8), torch.randn(B, T, P, 16))
     assert x.shape == (B, 8, T, 8, 8)
+
+
+@pytest.mark.parametrize("spatial,classwise", [(True, False), (False, True), (False, False)])
+def test_aggregation_branch_switches_remove_exactly_their_branch(spatial, classwise):
+    kwargs = dict(feature_dim=16, embed_dim=8, num_layers=2, num_heads=2, window=4, appearance_guidance_dim=6,
+                  text_guidance_dim=5, pad_to=8, class_chunk=4)
+    torch.manual_seed(0)
+    full = Aggregator(**kwargs).eval()
+    ablated = Aggregator(**kwargs, spatial=spatial, class_attention=classwise).eval()
+    names = {n for n, _ in ablated.named_parameters()}
+    assert any(".spatial." in n for n in names) == spatial and any("appearance_guidance" in n for n in names) == spatial
+    assert any(".classwise." in n for n in names) == classwise and any("text_guidance" in n for n in names) == classwise
+    # the ablated aggregator with the full one's weights is the full one's layers minus the branch
+    missing, unexpected = ablated.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and unexpected
+    x, f, t = torch.randn(B, 8, T, 8, 8), torch.randn(B, 16, 8, 8), torch.randn(B, T, P, 16)
+    with torch.no_grad():
+        expected = x
+        appearance = full.appearance_guidance(f)
+        text = full.text_guidance(torch.nn.functional.normalize(t.mean(dim=2), dim=-1))
+        for layer in full.layers:
+            if spatial:
+                expected = layer.spatial(expected, appearance)
+            if classwise:
+                expected = layer.classwise(expected, text, full.test_pooling)
+        got = ablated(x, f, t)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        assert not torch.allclose(got, full(x, f, t), atol=1e-3)
 
 
 def test_class_chunking_does_not_change_results():
@@ -179,7 +206,9 @@ def test_loss_ignores_pixels_and_checks_labels():
 
 
 def test_model_train_and_inference_shapes_with_several_prompts():
-    model = tiny_model("MODEL.PROMPTS.TEMPLATES", '["a photo of a {}.", "a {} in the scene", "{}"]', eval=False)
+    model = tiny_model(
+        "MODEL.PROMPTS.TEMPLATES", '["a photo of a {}.", "a {} in the scene", "{}"]', "MODEL.PROMPTS.TEXTS", "template", eval=False
+    )
     assert model.num_prompts == 3
     losses = model(train_batch(num_images=B))
     assert set(losses) == {"loss_sem_seg"} and losses["loss_sem_seg"].ndim == 0

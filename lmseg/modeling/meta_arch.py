@@ -23,7 +23,7 @@ from .cost import CostEmbedding, cost_volume
 from .decoder import Decoder
 from .fusion import FUSION_MODES, FeatureFusion, crop_and_resize
 from .loss import sem_seg_bce_loss
-from .prompts import PromptBuilder, load_descriptions
+from .prompts import DescriptionsArg, PromptBuilder, build_prompt_builder
 from .sam_encoder import SamEncoder, build_sam_encoder
 from .sliding import SlidingWindows, whole_image_boxes
 from .summary import log_parameter_summary
@@ -72,6 +72,7 @@ class LMSeg(nn.Module):
         sliding_global_weight: float = 0.5,
         sam_per_window: bool = False,
         vocabulary: Sequence[str] = (),
+        vocabulary_descriptions: DescriptionsArg = None,
     ):
         super().__init__()
         _check_fusion_matches_sam(fusion.mode, sam is not None)
@@ -105,7 +106,7 @@ class LMSeg(nn.Module):
         self.sliding_window = sliding_window
         self.sam_per_window = sam_per_window
         if vocabulary:
-            self.set_vocabulary(vocabulary)
+            self.set_vocabulary(vocabulary, vocabulary_descriptions)
         log_parameter_summary(self)
 
     @classmethod
@@ -139,10 +140,7 @@ class LMSeg(nn.Module):
             per_channel=cfg.MODEL.FUSION.PER_CHANNEL,
             attention_heads=cfg.MODEL.FUSION.ATTENTION_HEADS,
         )
-        descriptions = cfg.MODEL.PROMPTS.DESCRIPTIONS
-        prompt_builder = PromptBuilder(
-            cfg.MODEL.PROMPTS.TEMPLATES, load_descriptions(descriptions) if descriptions else None
-        )
+        prompt_builder = build_prompt_builder(cfg)
         embed_dim = cfg.MODEL.COST.EMBED_DIM
         class_cap, class_chunk = cfg.MODEL.LMSEG.CLASS_CAP, cfg.MODEL.LMSEG.CLASS_CHUNK
         agg = cfg.MODEL.AGGREGATOR
@@ -159,6 +157,8 @@ class LMSeg(nn.Module):
             test_pooling=agg.TEST_POOLING,
             pad_to=class_cap,
             class_chunk=class_chunk,
+            spatial=agg.SPATIAL,
+            class_attention=agg.CLASS,
         )
         dec = cfg.MODEL.DECODER
         decoder = Decoder(
@@ -175,7 +175,7 @@ class LMSeg(nn.Module):
             "sam": sam,
             "fusion": fusion,
             "prompt_builder": prompt_builder,
-            "cost_embed": CostEmbedding(prompt_builder.num_prompts, embed_dim, cfg.MODEL.COST.KERNEL_SIZE),
+            "cost_embed": CostEmbedding(prompt_builder.num_channels, embed_dim, cfg.MODEL.COST.KERNEL_SIZE),
             "aggregator": aggregator,
             "decoder": decoder,
             "clip_pixel_mean": cfg.MODEL.CLIP.PIXEL_MEAN,
@@ -193,7 +193,7 @@ class LMSeg(nn.Module):
             "sliding_overlap": cfg.TEST.SLIDING_OVERLAP,
             "sliding_global_weight": cfg.TEST.SLIDING_GLOBAL_WEIGHT,
             "sam_per_window": cfg.TEST.SAM_PER_WINDOW,
-            "vocabulary": _initial_vocabulary(cfg),
+            **_initial_vocabulary(cfg),
         }
 
     # ----------------------------------------------------------------------------- vocabulary
@@ -214,21 +214,23 @@ class LMSeg(nn.Module):
     def num_prompts(self) -> int:
         return self.prompt_builder.num_prompts
 
-    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+    def set_vocabulary(self, class_names: Sequence[str], descriptions: DescriptionsArg = None) -> None:
         """Set the classes of every later forward call (training or inference).
 
         A name is one class; it may list synonyms separated by ", " (the first one is used in the
-        prompts). Names must be unique.
+        prompts). Names must be unique. ``descriptions`` (a descriptions file or mapping, e.g. a
+        benchmark's) describe the classes; by default they are looked up in
+        MODEL.PROMPTS.DESCRIPTIONS, and classes described nowhere get the template (logged).
         """
-        self.vocab.set(class_names)
+        self.vocab.set(class_names, descriptions)
 
-    def using_vocabulary(self, class_names: Sequence[str]) -> ContextManager[None]:
+    def using_vocabulary(self, class_names: Sequence[str], descriptions: DescriptionsArg = None) -> ContextManager[None]:
         """Temporarily set the vocabulary (a context manager); the previous one is restored on exit."""
-        return self.vocab.using(class_names)
+        return self.vocab.using(class_names, descriptions)
 
     def text_embeddings(self) -> torch.Tensor:
-        """L2-normalised prompt embeddings (T, P, C) of the current vocabulary (cached when no
-        gradient must reach the text tower)."""
+        """L2-normalised prompt embeddings (T, P, C) of the current vocabulary, (T, 1, C) when
+        MODEL.PROMPTS.COMBINE is "mean" (cached when no gradient must reach the text tower)."""
         return self.vocab.embeddings(self.clip)
 
     @property
@@ -469,19 +471,21 @@ def _resize_scores(scores: torch.Tensor, size: Tuple[int, int], crop=None) -> to
     return scores
 
 
-def _initial_vocabulary(cfg) -> Tuple[str, ...]:
-    """The vocabulary of the first training dataset (or the first test dataset), if any."""
+def _initial_vocabulary(cfg) -> dict:
+    """The vocabulary of the first training dataset (or the first test dataset), if any, and its
+    descriptions (the dataset's ``descriptions`` metadata; None looks them up in MODEL.PROMPTS)."""
     names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
     if not names:
-        return ()
+        return {"vocabulary": ()}
     from lmseg.data import ensure_datasets_registered
 
     ensure_datasets_registered(names[:1])
-    classes = MetadataCatalog.get(names[0]).get("stuff_classes", None)
+    meta = MetadataCatalog.get(names[0])
+    classes = meta.get("stuff_classes", None)
     if not classes:
         which = "DATASETS.TRAIN" if cfg.DATASETS.TRAIN else "DATASETS.TEST"
         raise ValueError(
             f"{which}[0]={names[0]!r} is not a registered dataset with a vocabulary (stuff_classes); use one "
             "of the benchmark names, 'sem_seg_folder:<path>', or register it with detectron2"
         )
-    return tuple(classes)
+    return {"vocabulary": tuple(classes), "vocabulary_descriptions": meta.get("descriptions", None)}

@@ -1,12 +1,30 @@
-"""Prompts: a vocabulary of class names -> P texts per class -> cached text embeddings (T, P, C)."""
+"""Prompts: a vocabulary of class names -> P texts per class -> cached text embeddings (T, P, C).
+
+The description format, its checks and the prompt composition are :mod:`lmseg.descriptions`.
+"""
 from __future__ import annotations
 
-import json
+import functools
+import glob
+import logging
 import os
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
+
+from lmseg.descriptions import (
+    ATTRIBUTES,
+    Descriptions,
+    compose_prompt,
+    load_descriptions,
+    prompt_name,
+    shipped_descriptions_dir,
+    validate_descriptions,
+)
+
+logger = logging.getLogger(__name__)
 
 
 def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
@@ -29,69 +47,190 @@ def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
     return names
 
 
-def prompt_name(class_name: str) -> str:
-    """The text a class name contributes to its prompts: its first synonym, stripped."""
-    return class_name.split(", ")[0].strip()
+# What makes a class's P prompts (MODEL.PROMPTS.TEXTS): the templates, the descriptions, or both.
+PROMPT_TEXTS = ("both", "template", "descriptions")
+# How the P prompt embeddings enter the cost volume (MODEL.PROMPTS.COMBINE).
+COMBINE_MODES = ("channels", "mean")
 
 
-def load_descriptions(path: str) -> Dict[str, List[str]]:
-    """Read a descriptions JSON: {class name: [description, ...]}."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.PROMPTS.DESCRIPTIONS={path!r}: no such file")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not all(
-        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in data.values()
-    ):
-        raise ValueError(f"{path}: expected a JSON object mapping class names to lists of descriptions")
-    return data
+def read_descriptions(path: str) -> Descriptions:
+    """Descriptions from a file, or from every ``*.json`` of a folder (in name order, the first file
+    that describes a name wins). Each file is validated; files are re-read only when they change."""
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "*.json")))
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise FileNotFoundError(f"descriptions {path!r}: no such file or folder")
+    merged: Descriptions = {}
+    for file in files:
+        for name, entry in _read_file(file, os.path.getmtime(file)).items():
+            merged.setdefault(name, entry)
+    return merged
+
+
+@functools.lru_cache(maxsize=32)
+def _read_file(path: str, mtime: float) -> Descriptions:
+    return load_descriptions(path)
+
+
+DescriptionsArg = Union[None, str, Mapping[str, Mapping[str, str]]]
 
 
 class PromptBuilder:
-    """Turns class names into P prompt texts per class.
+    """Turns class names into P prompt texts per class, the same P for every class.
 
-    The prompts of a class are each template formatted with its name, followed by its descriptions.
-    Every class gets the same number P of prompts.
+    The prompts of a class are its templates (each formatted with the name), then one composed
+    description per attribute ("a wall, which is ..."), or only one of the two (``texts``). A class
+    that has no description gets a template in its description slots (the templates in turn), and
+    one log line names such classes.
 
     Args:
-        templates: format strings with one "{}" for the class name.
-        descriptions: optional {class name: [description, ...]}, the same number per class.
+        templates: format strings with one "{}" for the class name; at least one.
+        texts: "both", "template" or "descriptions" (see PROMPT_TEXTS).
+        attributes: which descriptions, in order (a subset of lmseg.descriptions.ATTRIBUTES).
+        descriptions: where the descriptions of a vocabulary without its own come from: a file, a
+            folder of files, or "" for the shipped folder prompt_gen/descriptions.
+        combine: "channels" (P cost channels) or "mean" (one mean embedding, see :meth:`combine`).
+        generate: optional ``generate(names, vocabulary) -> descriptions`` asked for the names
+            described nowhere (an LLM, see lmseg.modeling.llm); what it cannot describe is templated.
     """
 
-    def __init__(self, templates: Sequence[str], descriptions: Optional[Dict[str, List[str]]] = None):
+    def __init__(
+        self,
+        templates: Sequence[str],
+        texts: str = "both",
+        attributes: Sequence[str] = ATTRIBUTES,
+        descriptions: str = "",
+        combine: str = "channels",
+        generate: Optional[Callable[[List[str], List[str]], Mapping[str, Mapping[str, str]]]] = None,
+    ):
+        if not templates:
+            raise ValueError(
+                "MODEL.PROMPTS.TEMPLATES is empty: give at least one template, e.g. ['A photo of a {} in the scene'] "
+                "(it also stands in for the descriptions of classes that have none)"
+            )
         for t in templates:
             if t.count("{}") != 1:
                 raise ValueError(f"MODEL.PROMPTS.TEMPLATES: {t!r} must contain exactly one '{{}}'")
-        self.templates = list(templates)
-        self.descriptions = descriptions or {}
-        counts = {len(v) for v in self.descriptions.values()}
-        if len(counts) > 1:
+        if texts not in PROMPT_TEXTS:
+            raise ValueError(f"MODEL.PROMPTS.TEXTS={texts!r}: expected one of {', '.join(PROMPT_TEXTS)}")
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"MODEL.PROMPTS.COMBINE={combine!r}: expected one of {', '.join(COMBINE_MODES)}")
+        bad = [a for a in attributes if a not in ATTRIBUTES]
+        if bad or len(set(attributes)) != len(attributes) or (texts != "template" and not attributes):
             raise ValueError(
-                f"MODEL.PROMPTS.DESCRIPTIONS: classes have different numbers of descriptions {sorted(counts)}; "
-                "every class needs the same number"
+                f"MODEL.PROMPTS.ATTRIBUTES={list(attributes)}: expected distinct names among {', '.join(ATTRIBUTES)}"
+                + (" (at least one, since MODEL.PROMPTS.TEXTS uses descriptions)" if not attributes else "")
             )
-        self.num_descriptions = counts.pop() if counts else 0
-        if not self.templates and not self.num_descriptions:
-            raise ValueError("no prompts: set MODEL.PROMPTS.TEMPLATES or MODEL.PROMPTS.DESCRIPTIONS")
+        self.templates = list(templates)
+        self.texts = texts
+        self.attributes = list(attributes) if texts != "template" else []
+        self.descriptions = descriptions
+        self.combine_mode = combine
+        self.generate = generate
+        if descriptions and not os.path.exists(descriptions):
+            raise FileNotFoundError(f"MODEL.PROMPTS.DESCRIPTIONS={descriptions!r}: no such file or folder")
+
+    @property
+    def num_templates(self) -> int:
+        return len(self.templates) if self.texts != "descriptions" else 0
 
     @property
     def num_prompts(self) -> int:
-        return len(self.templates) + self.num_descriptions
+        """P: prompts per class."""
+        return self.num_templates + len(self.attributes)
 
-    def __call__(self, class_names: Sequence[str]) -> List[List[str]]:
+    @property
+    def num_channels(self) -> int:
+        """Cost-volume channels per class: P, or 1 when the prompts are averaged."""
+        return 1 if self.combine_mode == "mean" else self.num_prompts
+
+    def source(self) -> str:
+        return self.descriptions or str(shipped_descriptions_dir())
+
+    def lookup(self, class_names: Sequence[str], descriptions: DescriptionsArg = None) -> Dict[str, Dict[str, str]]:
+        """The descriptions found for ``class_names`` (names described nowhere are absent).
+
+        ``descriptions`` is a vocabulary's own (a file or a mapping, e.g. a benchmark's); None looks
+        the names up in MODEL.PROMPTS.DESCRIPTIONS.
+        """
+        if descriptions is None:
+            source = self.source()
+            table = read_descriptions(source) if os.path.exists(source) else {}
+        elif isinstance(descriptions, str):
+            if os.path.exists(descriptions):
+                table = read_descriptions(descriptions)
+            else:
+                logger.warning("Descriptions %s not found: the template stands in for them", descriptions)
+                table = {}
+        else:
+            table = validate_descriptions(descriptions, source="the descriptions given to set_vocabulary")
+        found = {n: dict(table[n]) for n in class_names if n in table}
+        missing = [n for n in class_names if n not in found]
+        if missing and self.generate is not None:
+            for name, entry in self.generate(missing, list(class_names)).items():
+                if name in missing:
+                    found[name] = dict(entry)
+        return found
+
+    def __call__(self, class_names: Sequence[str], descriptions: DescriptionsArg = None) -> List[List[str]]:
         """P prompts for each class (T lists of P strings)."""
-        if self.num_descriptions:
-            missing = [n for n in class_names if n not in self.descriptions]
-            if missing:
-                raise KeyError(
-                    f"no descriptions for {len(missing)} classes ({', '.join(repr(n) for n in missing[:5])}"
-                    f"{', ...' if len(missing) > 5 else ''}); generate them with prompt_gen or "
-                    "set MODEL.PROMPTS.DESCRIPTIONS ''"
-                )
-        return [
-            [t.format(prompt_name(n)) for t in self.templates] + list(self.descriptions.get(n, []))
-            for n in class_names
-        ]
+        names = list(class_names)
+        found = self.lookup(names, descriptions) if self.attributes else {}
+        missing = [n for n in names if n not in found] if self.attributes else []
+        if missing:
+            shown = ", ".join(repr(n) for n in missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            where = descriptions if isinstance(descriptions, str) else (
+                "the given descriptions" if descriptions is not None else self.source()
+            )
+            logger.info(
+                "No descriptions in %s for %d of %d classes, their description prompts use the template: %s",
+                where, len(missing), len(names), shown,
+            )
+        prompts = []
+        for name in names:
+            short = prompt_name(name)
+            own = [t.format(short) for t in self.templates][: self.num_templates]
+            entry = found.get(name)
+            for i, attribute in enumerate(self.attributes):
+                if entry is not None:
+                    own.append(compose_prompt(name, entry[attribute]))
+                else:
+                    own.append(self.templates[i % len(self.templates)].format(short))
+            prompts.append(own)
+        return prompts
+
+    def combine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(T, P, C) L2-normalised prompt embeddings -> (T, P, C), or (T, 1, C) re-normalised mean."""
+        if self.combine_mode == "mean":
+            return F.normalize(embeddings.mean(dim=1, keepdim=True), dim=-1)
+        return embeddings
+
+
+def build_prompt_builder(cfg) -> PromptBuilder:
+    """The PromptBuilder of a config's MODEL.PROMPTS (with the LLM when MODEL.PROMPTS.LLM.ENABLED)."""
+    p = cfg.MODEL.PROMPTS
+    generate = None
+    if p.LLM.ENABLED:
+        generate = functools.partial(
+            _ask_llm, model=p.LLM.MODEL, base_url=p.LLM.BASE_URL or None, cache=os.path.expanduser(p.LLM.CACHE)
+        )
+    return PromptBuilder(p.TEMPLATES, p.TEXTS, list(p.ATTRIBUTES), p.DESCRIPTIONS, p.COMBINE, generate)
+
+
+def _ask_llm(names: List[str], vocabulary: List[str], *, model: str, base_url: Optional[str], cache: str) -> Descriptions:
+    """Descriptions of ``names`` from the LLM cache, asking the LLM for the ones it lacks; on any
+    failure the reason is logged and the names stay undescribed (templated)."""
+    from prompt_gen.generator import Endpoint, GeneratorError, RetryPolicy, describe
+
+    endpoint = Endpoint(model=model, base_url=base_url)
+    logger.info("Looking up %d undescribed classes in %s, asking %s for the missing", len(names), cache, endpoint.url)
+    try:
+        return describe(names, vocabulary, endpoint, cache, policy=RetryPolicy(retries=3, patience=60.0), log=logger.warning)
+    except GeneratorError as e:
+        logger.warning("MODEL.PROMPTS.LLM: %s", e)
+        return {}
 
 
 class TextEmbeddingCache:

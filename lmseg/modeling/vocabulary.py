@@ -7,7 +7,7 @@ from typing import Iterator, List, Sequence, Tuple
 import torch
 
 from .clip_encoder import ClipEncoder
-from .prompts import PromptBuilder, TextEmbeddingCache, validate_vocabulary
+from .prompts import DescriptionsArg, PromptBuilder, TextEmbeddingCache, validate_vocabulary
 
 
 class Vocabulary:
@@ -23,27 +23,26 @@ class Vocabulary:
         self.prompts: List[List[str]] = []  # T lists of P texts
         self._cache = TextEmbeddingCache()
 
-    def set(self, class_names: Sequence[str]) -> None:
+    def set(self, class_names: Sequence[str], descriptions: DescriptionsArg = None) -> None:
         """Validate the names and build their prompts (see ``LMSeg.set_vocabulary``)."""
         names = validate_vocabulary(class_names)
-        self.prompts = self.prompt_builder(names)
+        self.prompts = self.prompt_builder(names, descriptions)
         self.names = tuple(names)
 
     @contextmanager
-    def using(self, class_names: Sequence[str]) -> Iterator[None]:
-        """Temporarily set the vocabulary; the previous one (or none) is restored on exit."""
-        previous = self.names
-        self.set(class_names)
+    def using(self, class_names: Sequence[str], descriptions: DescriptionsArg = None) -> Iterator[None]:
+        """Temporarily set the vocabulary; the previous one (or none) is restored on exit, prompts
+        and all."""
+        previous = self.names, self.prompts
+        self.set(class_names, descriptions)
         try:
             yield
         finally:
-            if previous:
-                self.set(previous)
-            else:
-                self.names, self.prompts = (), []
+            self.names, self.prompts = previous
 
     def embeddings(self, clip: ClipEncoder) -> torch.Tensor:
-        """L2-normalised prompt embeddings (T, P, C) from CLIP's text tower.
+        """L2-normalised prompt embeddings (T, P, C) from CLIP's text tower, all T x P texts in one
+        batched pass; (T, 1, C) when the builder averages them (MODEL.PROMPTS.COMBINE "mean").
 
         Recomputed whenever gradients must flow into a trainable text tower; otherwise cached,
         keyed on the prompts and on the text weights' storage and version.
@@ -55,7 +54,7 @@ class Vocabulary:
 
         def compute() -> torch.Tensor:
             flat = [text for prompts in self.prompts for text in prompts]
-            return clip.encode_text(flat).view(t, p, -1)
+            return self.prompt_builder.combine(clip.encode_text(flat).view(t, p, -1))
 
         if torch.is_grad_enabled() and any(q.requires_grad for q in params):
             return compute()

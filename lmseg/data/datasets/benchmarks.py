@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...descriptions import benchmark_descriptions_file
 from ..vocabulary import load_vocabulary
 
 
@@ -157,6 +158,8 @@ def register_benchmark(benchmark: Benchmark, root: str) -> None:
         image_root=os.path.join(root, benchmark.image_dir),
         sem_seg_root=os.path.join(root, benchmark.label_dir),
         vocabulary=benchmark.vocabulary,
+        # The class descriptions the model uses with this vocabulary (prompt_gen/descriptions/).
+        descriptions=benchmark_descriptions_file(benchmark.vocabulary),
         eval_classes=benchmark.eval_classes or list(stuff_classes),
         eval_class_map=benchmark.eval_class_map or list(range(len(stuff_classes))),
     )

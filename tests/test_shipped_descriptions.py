@@ -1,0 +1,36 @@
+"""The shipped descriptions (prompt_gen/descriptions/<vocabulary>.json): one per benchmark
+vocabulary, every entry and attribute described, every prompt within CLIP's context, no two entries
+of a vocabulary sharing a text; and each benchmark's metadata names its own file."""
+import os
+
+import pytest
+from detectron2.data import MetadataCatalog
+
+from lmseg.data import benchmarks, load_vocabulary, register_all_benchmarks
+from lmseg.descriptions import ATTRIBUTES, load_descriptions
+
+from model_helpers import REPO
+
+VOCABULARIES = ["coco", "ade150", "pc59", "voc20", "voc20b", "pc459", "ade847"]
+FOLDER = REPO / "prompt_gen" / "descriptions"
+
+
+@pytest.mark.parametrize("vocabulary", VOCABULARIES)
+def test_shipped_file_covers_its_vocabulary_within_the_token_budget(vocabulary):
+    path = FOLDER / f"{vocabulary}.json"
+    assert path.is_file(), (
+        f"{path.relative_to(REPO)} is missing: every benchmark vocabulary ships its descriptions "
+        f"(write them, or generate them with python -m prompt_gen --classes datasets/{vocabulary}.json --out {path.relative_to(REPO)})"
+    )
+    names = load_vocabulary(vocabulary)
+    # validates keys, non-empty attributes, no class name repeated, the 77-token budget with CLIP's
+    # tokenizer, exact coverage of the vocabulary and no text shared by two entries
+    data = load_descriptions(str(path), vocabulary=names)
+    assert len(data) == len(names) and all(set(entry) == set(ATTRIBUTES) for entry in data.values())
+
+
+def test_every_benchmark_names_its_own_descriptions_file():
+    register_all_benchmarks()
+    for b in benchmarks():
+        assert MetadataCatalog.get(b.name).descriptions == os.path.join(str(FOLDER), f"{b.vocabulary}.json")
+        assert b.vocabulary in VOCABULARIES
