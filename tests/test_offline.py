@@ -19,15 +19,23 @@ from lmseg.checkpoint import load_weights, pretrained_parts_in
 
 from model_helpers import REPO, VOCAB, eval_batch, scores, tiny_cfg
 
+# The tiny CLIP's architecture under a name of the test's own, with a pretrained tag open_clip
+# downloads from the test's server (LMSeg's own tiny CLIP takes weights from files only).
+ARCH = "OfflineTest-Tiny"
+
 
 @pytest.fixture
 def weights_server(tmp_path, monkeypatch):
-    """A local server of a tiny CLIP (open_clip tag "lmseg_test") and a tiny SAM checkpoint."""
+    """A local server of a tiny CLIP (an open_clip architecture with the pretrained tag
+    "lmseg_test") and a tiny SAM checkpoint."""
+    config = tmp_path / f"{ARCH}.json"
+    config.write_text((REPO / "lmseg" / "modeling" / "clip_configs" / "LMSeg-Tiny.json").read_text())
+    open_clip.add_model_config(config)
     torch.manual_seed(3)
     source = build_model(tiny_cfg())
     files = {"/clip.pt": tmp_path / "clip.pt", "/sam.pth": tmp_path / "sam.pth"}
     # open_clip's own layout of the tiny CLIP (the encoder splits its attention weights once loaded)
-    torch.save(open_clip.create_model("LMSeg-Tiny").state_dict(), files["/clip.pt"])
+    torch.save(open_clip.create_model(ARCH).state_dict(), files["/clip.pt"])
     torch.save(source.sam.encoder.state_dict(), files["/sam.pth"])
     requests = []
 
@@ -51,7 +59,7 @@ def weights_server(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     tags = {"lmseg_test": {"url": f"{url}/clip.pt"}}
-    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "LMSeg-Tiny", tags)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, ARCH, tags)
 
     # the network is blocked: only the local server can be reached
     connect = socket.socket.connect
@@ -62,7 +70,7 @@ def weights_server(tmp_path, monkeypatch):
         return connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
-    yield requests, ["MODEL.CLIP.PRETRAINED", "lmseg_test", "MODEL.SAM.CHECKPOINT", f"{url}/sam.pth"]
+    yield requests, ["MODEL.CLIP.NAME", ARCH, "MODEL.CLIP.PRETRAINED", "lmseg_test", "MODEL.SAM.CHECKPOINT", f"{url}/sam.pth"]
     server.shutdown()
 
 
@@ -76,7 +84,7 @@ def test_pretrained_weights_are_fetched_when_training_starts_from_them(weights_s
 def test_full_lmseg_checkpoint_downloads_nothing(weights_server, tmp_path):
     requests, pretrained = weights_server
     torch.manual_seed(5)
-    trained = build_model(tiny_cfg()).eval()
+    trained = build_model(tiny_cfg("MODEL.CLIP.NAME", ARCH)).eval()
     trained.set_vocabulary(VOCAB)
     path = tmp_path / "model_final.pth"
     torch.save({"model": trained.state_dict()}, path)
@@ -95,7 +103,7 @@ def test_catseg_checkpoint_fetches_only_what_it_lacks(weights_server, tmp_path):
     requests, pretrained = weights_server
     torch.manual_seed(6)
     catseg_mode = ["MODEL.SAM.ENABLED", "False", "MODEL.FUSION.MODE", "clip_only"]
-    state = build_model(tiny_cfg(*catseg_mode)).state_dict()
+    state = build_model(tiny_cfg("MODEL.CLIP.NAME", ARCH, *catseg_mode)).state_dict()
     path = tmp_path / "catseg.pth"
     torch.save({"model": convert_lmseg_to_catseg(state, grid=8, window=4)}, path)
     assert pretrained_parts_in(str(path)) == {"clip"}
