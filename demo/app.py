@@ -283,12 +283,13 @@ def build_page(web: WebDemo):
                 downloads = gr.File(label="Downloads: overlay, label map (PNG), summary (JSON)", file_count="multiple",
                                     interactive=False, elem_id="downloads")
 
-        upload.change(web.preview, inputs=upload, outputs=[preview, status])
+        # Progress shows on the images; the status line stays readable.
+        upload.change(web.preview, inputs=upload, outputs=[preview, status], show_progress_on=preview)
         benchmark.change(lambda key: vocabulary_text(load_vocabulary(BENCHMARKS[key])) if key else gr.skip(),
                          inputs=benchmark, outputs=vocab)
         run.click(web.segment, inputs=[upload, vocab, sliding],
                   outputs=[overlay, table, downloads, views, row, view, view_caption, status],
-                  concurrency_limit=1, concurrency_id="model")
+                  concurrency_limit=1, concurrency_id="model", show_progress_on=overlay)
 
         def select(views_value, kind_value, event: gr.SelectData):
             index = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
