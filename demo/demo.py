@@ -247,18 +247,32 @@ def segment_video(seg: Segmenter, path: str, out: Path) -> int:
     return 0
 
 
+def _configure_logging() -> None:
+    """Warnings to stderr as one plain line each (unless the caller has set logging up)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    # open_clip's own note on a randomly initialised CLIP repeats what lmseg says about the weights
+    handler.addFilter(lambda record: not record.getMessage().startswith("No pretrained weights loaded"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    # open_clip's own note on a randomly initialised CLIP repeats what lmseg says about the weights
-    logging.getLogger().handlers[0].addFilter(lambda r: not r.getMessage().startswith("No pretrained weights loaded"))
+    _configure_logging()
     try:
         names = vocabulary(args)
         paths = image_paths(args.input)
         if args.input and not paths:
             raise UsageError(f"no images found in {' '.join(args.input)}")
         seg = build_segmenter(args)
-        seg.set_vocabulary(names)
+        try:
+            seg.set_vocabulary(names)
+        except InputError as err:
+            raise UsageError(f"the vocabulary does not suit this model: {err}") from None
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

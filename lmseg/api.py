@@ -367,7 +367,10 @@ class Segmenter:
         between synonyms (see :func:`parse_vocabulary`)."""
         names = parse_vocabulary(vocabulary)
         if tuple(names) != self.model.vocabulary:
-            self.model.set_vocabulary(names)
+            try:
+                self.model.set_vocabulary(names)
+            except KeyError as err:  # MODEL.PROMPTS.DESCRIPTIONS lacks some of the classes
+                raise InputError(err.args[0]) from None
 
     def processing_size(self, height: int, width: int) -> Tuple[int, int]:
         """The size (h, w) an image of ``height`` x ``width`` is segmented at: its shorter side

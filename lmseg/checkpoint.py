@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from typing import FrozenSet, Mapping
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from .catseg import CatSegFormatError, convert_catseg_to_lmseg, is_catseg_state
+from .catseg import CLIP_PREFIX, CatSegFormatError, convert_catseg_to_lmseg, is_catseg_state
 from .io import atomic_save, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,32 @@ class LMSegCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+def pretrained_parts_in(path: str) -> FrozenSet[str]:
+    """Which pretrained encoders ("clip", "sam") the checkpoint file ``path`` already holds.
+
+    Used before building a model, so that CLIP's and SAM's pretrained weights are only fetched when
+    MODEL.WEIGHTS does not replace them anyway: evaluating or running the demo from a full LMSeg or
+    CAT-Seg checkpoint then needs no network. The file is memory-mapped, not read; a path that is
+    not a local file (a URL) or a format that cannot be inspected gives the empty set, so the
+    pretrained weights load as they would without the check.
+    """
+    if not path or not os.path.isfile(path):
+        return frozenset()
+    try:
+        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:  # legacy or pickled formats: fall back to loading the pretrained weights
+        logger.debug("could not inspect %s without reading it (%s)", path, err)
+        return frozenset()
+    state = data.get("model", data) if isinstance(data, Mapping) else {}
+    keys = [k for k in state if isinstance(k, str)] if isinstance(state, Mapping) else []
+    parts = set()
+    if any(k.startswith(("clip.", CLIP_PREFIX)) for k in keys):
+        parts.add("clip")
+    if any(k.startswith("sam.") for k in keys):
+        parts.add("sam")
+    return frozenset(parts)
 
 
 def load_weights(model: torch.nn.Module, path: str, *, save_dir: str = "", resume: bool = False) -> None:

@@ -18,7 +18,7 @@ from contextlib import ExitStack, nullcontext
 from typing import Dict, Optional
 
 import torch
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -47,7 +47,36 @@ def setup(args):
     use_cpu_without_cuda(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    # LMSeg's own log lines (the parameter summary, where each part of a checkpoint came from, the
+    # evaluation of each test set) go to the console and OUTPUT_DIR/log.txt as detectron2's do.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="lmseg")
     return cfg
+
+
+def check_datasets(cfg) -> None:
+    """Stop before any work when the datasets cannot be used as configured.
+
+    The training datasets must share one vocabulary (the model trains on one), and every test
+    dataset must be on disk, so that a run does not train for hours and then fail to evaluate.
+    """
+    train, test = list(cfg.DATASETS.TRAIN), list(cfg.DATASETS.TEST)
+    ensure_datasets_registered(train + test)
+    vocabularies = {name: tuple(MetadataCatalog.get(name).stuff_classes) for name in train}
+    if len(set(vocabularies.values())) > 1:
+        listed = "; ".join(f"{name}: {len(v)} classes ({', '.join(v[:3])}, ...)" for name, v in vocabularies.items())
+        raise ValueError(
+            f"DATASETS.TRAIN lists datasets with different vocabularies ({listed}). The model trains on "
+            "one vocabulary: train on datasets that share it, or merge them into one folder dataset "
+            "with a common classes.json."
+        )
+    for name in test:
+        try:
+            DatasetCatalog.get(name)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(
+                f"DATASETS.TEST has {name!r}, which cannot be used: {err}\nPrepare it (datasets/README.md), "
+                "name other test sets, or evaluate nothing with DATASETS.TEST '()'."
+            ) from None
 
 
 def amp_dtype(precision: str, device: torch.device, key: str) -> Optional[torch.dtype]:
@@ -152,7 +181,7 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        ensure_datasets_registered(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        check_datasets(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -197,6 +226,9 @@ class Trainer(DefaultTrainer):
         The model's vocabulary is restored afterwards, also when evaluation fails.
         """
         names = list(cfg.DATASETS.TEST)
+        if not names:
+            logger.info("DATASETS.TEST is empty: nothing to evaluate")
+            return {}
         ensure_datasets_registered(names)
         if isinstance(evaluators, DatasetEvaluators) or (evaluators is not None and not isinstance(evaluators, list)):
             evaluators = [evaluators]

@@ -50,3 +50,27 @@ def test_ablation_builds_and_runs_with_tiny_encoders(path):
     model.train()
     batch = [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), "sem_seg": torch.randint(0, 2, (64, 64))}]
     model(batch)["loss_sem_seg"].backward()
+
+
+@pytest.mark.parametrize("path", ["configs/vitb.yaml", "configs/vitl.yaml", "configs/catseg_vitb.yaml", "configs/catseg_vitl.yaml"])
+def test_published_evaluation_protocol_by_default(path):
+    """--eval-only and tools/evaluate_all.py follow the protocol of the published numbers:
+    384 windows on a 640 grid averaged with the whole image, class-attention pooling 1x1,
+    short side 640."""
+    cfg = _load(path)
+    assert cfg.TEST.SLIDING_WINDOW
+    assert (cfg.TEST.SLIDING_GRID, cfg.TEST.SLIDING_WINDOW_SIZE) == (640, 384)
+    assert list(cfg.MODEL.AGGREGATOR.TEST_POOLING) == [1, 1]
+    assert cfg.INPUT.MIN_SIZE_TEST == 640
+
+
+@pytest.mark.parametrize("path", ["configs/vitb.yaml", "configs/vitl.yaml"])
+def test_training_recipe_is_catsegs(path):
+    """Where the paper is silent, LMSeg trains as CAT-Seg does (GETTING_STARTED lists the rest)."""
+    ours, catseg = _load(path), _load(path.replace("configs/", "configs/catseg_"))
+    for key in ("MIN_SIZE_TRAIN", "MAX_SIZE_TRAIN", "COLOR_AUG_SSD", "RANDOM_FLIP", "SIZE_DIVISIBILITY"):
+        assert ours.INPUT[key] == catseg.INPUT[key], key
+    assert ours.INPUT.CROP == catseg.INPUT.CROP
+    for key in ("IMS_PER_BATCH", "BASE_LR", "WEIGHT_DECAY", "MAX_ITER", "LR_SCHEDULER_NAME", "WARMUP_ITERS",
+                "WARMUP_FACTOR", "CLIP_MULTIPLIER", "OPTIMIZER", "CLIP_GRADIENTS"):
+        assert ours.SOLVER[key] == catseg.SOLVER[key], key

@@ -13,7 +13,7 @@ from lmseg.data import (
     register_all_benchmarks,
 )
 from lmseg.data.datasets.benchmarks import benchmarks
-from lmseg.data.transforms import PhotometricTransform, RandomPhotometricDistortion
+from detectron2.projects.point_rend import ColorAugSSDTransform
 from synthetic_datasets import write_benchmark, write_folder_dataset
 
 
@@ -115,23 +115,24 @@ def test_single_category_area_limit(tmp_path):
     assert max(largest_class_fractions(1.0)) >= 0.75
 
 
-def test_photometric_distortion():
-    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    assert np.array_equal(PhotometricTransform().apply_image(image), image)
-    # A full turn of hue and unit factors leave the image (up to rounding) unchanged.
-    turned = PhotometricTransform(hue_delta=360.0, saturation=1.0).apply_image(image)
-    assert np.abs(turned.astype(int) - image).max() <= 1
-    brighter = PhotometricTransform(brightness_delta=10).apply_image(image)
-    assert np.array_equal(brighter, np.clip(image.astype(int) + 10, 0, 255))
-    label = np.arange(64).reshape(8, 8)
-    assert PhotometricTransform(contrast=1.3).apply_segmentation(label) is label
-
+def test_colour_augmentation_is_detectron2s(tmp_path):
+    """INPUT.COLOR_AUG_SSD adds detectron2's ColorAugSSDTransform, which changes colours only."""
+    label = np.zeros((64, 64), np.uint8)
+    name = _folder(tmp_path, ["top", "bottom"], [label])
+    record = DatasetCatalog.get(name)[0]
+    cfg = _cfg(name, min_size=64, crop=[64, 64])
+    cfg.INPUT.RANDOM_FLIP = "none"
+    plain = SemanticSegmentationDatasetMapper(cfg, is_train=True)
+    cfg.INPUT.COLOR_AUG_SSD = True
+    mapper = SemanticSegmentationDatasetMapper(cfg, is_train=True)
+    assert any(isinstance(getattr(a, "tfm", a), ColorAugSSDTransform) for a in mapper.augmentations.augs)
+    assert not any(isinstance(getattr(a, "tfm", a), ColorAugSSDTransform) for a in plain.augmentations.augs)
     np.random.seed(0)
-    augmentation = RandomPhotometricDistortion(prob=1.0)
-    transform = augmentation.get_transform(image)
-    assert transform.contrast != 1.0 and transform.hue_delta != 0.0
-    out = transform.apply_image(image)
-    assert out.dtype == np.uint8 and out.shape == image.shape and not np.array_equal(out, image)
+    out = mapper(record)
+    reference = plain(record)
+    assert out["image"].shape == reference["image"].shape
+    assert not torch.equal(out["image"], reference["image"])
+    assert torch.equal(out["sem_seg"], reference["sem_seg"])
 
 
 def test_test_time_mapping_of_benchmark_labels(tmp_path):

@@ -69,10 +69,14 @@ def test_train_resume_and_eval_only(folders, tmp_path):
     iterations = [m["iteration"] for m in _metrics(out) if "total_loss" in m]
     assert iterations[-1] == 39 and len(_metrics(out)) > len(first)
 
+    train, test = folders
     log = _train_net("--eval-only", *_data_opts(folders), "OUTPUT_DIR", str(tmp_path / "eval"),
-                     "MODEL.WEIGHTS", str(out / "model_final.pth"))
+                     "DATASETS.TEST", f'("{test}", "{train}")', "MODEL.WEIGHTS", str(out / "model_final.pth"))
     assert 0.0 <= _miou(log) <= 100.0
-    assert "copypaste: mIoU,fwIoU,mACC,pACC" in log
+    assert log.count("copypaste: mIoU,fwIoU,mACC,pACC") == 2
+    # with several test sets, each result row is labelled with its dataset, in order
+    assert log.index(f"Evaluation results for {test} in csv format") < log.index(
+        f"Evaluation results for {train} in csv format")
 
 
 def test_tiny_model_learns_colour_and_texture(folders, tmp_path):

@@ -191,6 +191,15 @@ def main(argv=None) -> None:
             p.add_argument("--profile", default="", help="write a profile of one run to this file")
         p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    if args.warmup < 0:
+        parser.error(f"--warmup {args.warmup} must be 0 or more")
+    if args.command == "train" and args.iters <= args.warmup:
+        parser.error(
+            f"--iters {args.iters} leaves no timed iteration after the {args.warmup} warm-up ones: "
+            f"give --iters above {args.warmup} or a smaller --warmup"
+        )
+    if args.command == "inference" and args.runs < 1:
+        parser.error(f"--runs {args.runs}: time at least one run")
     result = bench_train(args) if args.command == "train" else bench_inference(args)
     line = json.dumps(result)
     print(line)

@@ -13,8 +13,8 @@ def add_data_config(cfg: CN) -> None:
     # counted): a crop is drawn again, up to 10 times, until no category covers more. 1.0 turns
     # the limit off.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-    # Photometric distortion of training images: random brightness, contrast, saturation and hue
-    # changes, as in SSD's colour augmentation.
+    # Colour augmentation of training images: detectron2's ColorAugSSDTransform (random brightness,
+    # contrast, saturation and hue changes, as in SSD), which Mask2Former and CAT-Seg use.
     cfg.INPUT.COLOR_AUG_SSD = False
     # Pad training images and labels at the bottom and right to a multiple of this (labels with the
     # ignore value). <= 0: no padding beyond the crop size (an "absolute" crop larger than the

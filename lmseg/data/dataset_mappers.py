@@ -1,7 +1,7 @@
 """The dataset mapper: a dataset record -> the model's input dict (image and label tensors).
 
-Training: resize the short side, random crop with a single-category area limit, photometric
-distortion, flip, padding to the crop size. Each record's label is read with its stored values (8-
+Training: resize the short side, random crop with a single-category area limit, detectron2's
+SSD colour augmentation, flip, padding to the crop size. Each record's label is read with its stored values (8-
 or 16-bit) and the dataset's ignore value (``record["ignore_label"]``, or the metadata's
 ``ignore_label``) becomes the model's ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``.
 At test time (``is_train=False``) it only resizes, as detectron2's ``DatasetMapper`` does, but
@@ -18,10 +18,10 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.projects.point_rend import ColorAugSSDTransform
 
 from .datasets import ensure_datasets_registered
 from .labels import read_label
-from .transforms import RandomPhotometricDistortion
 
 __all__ = ["SemanticSegmentationDatasetMapper"]
 
@@ -98,7 +98,8 @@ class SemanticSegmentationDatasetMapper:
                     )
                 )
             if cfg.INPUT.COLOR_AUG_SSD:
-                augmentations.append(RandomPhotometricDistortion(image_format=cfg.INPUT.FORMAT))
+                # detectron2's own SSD-style colour augmentation, as Mask2Former and CAT-Seg use it
+                augmentations.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
             if cfg.INPUT.RANDOM_FLIP != "none":
                 augmentations.append(
                     T.RandomFlip(

@@ -121,9 +121,10 @@ class LMSeg(nn.Module):
     def from_config(cls, cfg) -> dict:
         sam_enabled = cfg.MODEL.SAM.ENABLED
         _check_fusion_matches_sam(cfg.MODEL.FUSION.MODE, sam_enabled)
+        clip_weights, sam_weights = _pretrained_sources(cfg)
         clip = build_clip_encoder(
             cfg.MODEL.CLIP.NAME,
-            cfg.MODEL.CLIP.PRETRAINED,
+            clip_weights,
             quick_gelu=cfg.MODEL.CLIP.QUICK_GELU,
             image_size=cfg.MODEL.CLIP.IMAGE_SIZE,
             guidance_layers=cfg.MODEL.CLIP.GUIDANCE_LAYERS,
@@ -134,7 +135,7 @@ class LMSeg(nn.Module):
         if sam_enabled:
             sam = build_sam_encoder(
                 cfg.MODEL.SAM.TYPE,
-                cfg.MODEL.SAM.CHECKPOINT,
+                sam_weights,
                 input_size=cfg.MODEL.SAM.INPUT_SIZE,
                 finetune=cfg.MODEL.SAM.FINETUNE,
             )
@@ -500,6 +501,22 @@ def _check_fusion_matches_sam(mode: str, sam_enabled: bool) -> None:
             f"MODEL.FUSION.MODE={mode!r} and MODEL.SAM.ENABLED={sam_enabled} disagree: "
             "'clip_only' fusion goes with MODEL.SAM.ENABLED False, every other mode needs SAM"
         )
+
+
+def _pretrained_sources(cfg) -> Tuple[str, str]:
+    """MODEL.CLIP.PRETRAINED and MODEL.SAM.CHECKPOINT, each replaced by "" (nothing to fetch) when
+    the MODEL.WEIGHTS file holds that encoder's weights anyway."""
+    from lmseg.checkpoint import pretrained_parts_in
+
+    clip, sam = cfg.MODEL.CLIP.PRETRAINED, cfg.MODEL.SAM.CHECKPOINT
+    held = pretrained_parts_in(cfg.MODEL.WEIGHTS)
+    if "clip" in held and clip:
+        logger.info("MODEL.CLIP.PRETRAINED=%r not loaded: MODEL.WEIGHTS holds CLIP's weights", clip)
+        clip = ""
+    if "sam" in held and sam and cfg.MODEL.SAM.ENABLED:
+        logger.info("MODEL.SAM.CHECKPOINT=%r not loaded: MODEL.WEIGHTS holds SAM's weights", sam)
+        sam = ""
+    return clip, sam
 
 
 def _resize_scores(scores: torch.Tensor, size: Tuple[int, int], crop=None) -> torch.Tensor:

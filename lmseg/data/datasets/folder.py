@@ -27,6 +27,8 @@ from ..vocabulary import read_class_list
 
 FOLDER_PREFIX = "sem_seg_folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# The EXIF tag of the orientation a camera stored, applied when images are read.
+_EXIF_ORIENTATION = 0x0112
 # Problems listed in one error message; the rest are counted.
 _MAX_REPORTED = 20
 
@@ -163,6 +165,10 @@ def _check_pair(
     try:
         with Image.open(image_file) as image:
             width, height = image.size
+            # images are read upright (EXIF orientation applied, as detectron2's read_image does):
+            # orientations 5-8 turn the image by 90 degrees, so the label must be H x W turned too
+            if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
     except Exception as e:
         return None, f"unreadable image {image_file}: {e}"
     try:
