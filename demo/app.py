@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # lmseg, from a clone
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the command-line demo, whose parts are reused
@@ -305,8 +305,7 @@ def main(argv=None) -> int:
     if gr is None:
         print('error: the web demo needs Gradio: pip install -e ".[web]" (make web does this)', file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.getLogger().handlers[0].addFilter(lambda r: not r.getMessage().startswith("No pretrained weights loaded"))
+    cli._configure_logging()
     try:
         segmenter = cli.build_segmenter(args)
     except cli.UsageError as err:

@@ -206,7 +206,7 @@ def test_segment_an_uploaded_image_and_look_at_one_class(page, tmp_path, artifac
     _type_vocabulary(driver, "sky, grass|lawn, house, red ball")
     shot("1_uploaded")
     status = _segment(driver, "present")
-    assert status.startswith("128 x 96 pixels, 4 classes")
+    assert status.startswith("128 x 96 pixels, 4 classes") and "sliding window off" in status  # tiny.yaml's
     shot("2_segmented")
 
     overlay, size = _image(driver, "#overlay")
@@ -275,7 +275,9 @@ def test_bad_input_gets_a_message_and_the_app_keeps_serving(page, tmp_path, arti
 
     _upload(driver, tmp_path / "small.png")  # and a valid request still works
     browser_tools.wait_for(driver, lambda d: "small.png: 80 x 64 pixels" in _status(d), what="the preview")
-    assert _segment(driver, "present").startswith("80 x 64 pixels, 2 classes")
+    _find(driver, "#sliding input")[0].click()
+    status = _segment(driver, "present")
+    assert status.startswith("80 x 64 pixels, 2 classes") and "sliding window on" in status
     assert {row[0] for row in _table(driver)} <= {"cat", "dog"} and _table(driver)
     assert _image(driver, "#overlay")[1] == (80, 64)
     shot("9_valid_again")
