@@ -176,6 +176,7 @@ class WebDemo:
             folder = Path(tempfile.mkdtemp(dir=self.workdir))
             stem = folder / Path(path).name
             cli.write_outputs(image, result, stem, Path(path).name)
+            views = views_of(image, result)
         except InputError as err:
             return (*keep, error_text(err))
         except MemoryError:
@@ -194,7 +195,7 @@ class WebDemo:
             f"(sliding window {'on' if sliding else 'off'}, {seconds:.1f} s). Select a row of the table to see "
             "that class's mask or score map."
         )
-        return f"{stem}.overlay.jpg", rows, files, views_of(image, result), None, None, "", status
+        return f"{stem}.overlay.jpg", rows, files, views, None, None, "", status
 
     def prune(self) -> None:
         """Delete the results of requests older than KEEP_SECONDS."""
