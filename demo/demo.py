@@ -10,7 +10,7 @@ Where it cannot be fetched, it says which file to put where and runs the offline
 
 For each image IMG it writes, under --output and at IMG's path relative to the inputs' common
 folder: IMG.overlay.jpg (colours and a legend of the classes present), IMG.labels.png (the class
-index of each pixel, 16-bit above 256 classes) and IMG.json (the vocabulary, each present class's
+index of each pixel, 16-bit from 256 classes) and IMG.json (the vocabulary, each present class's
 pixel share and score), and prints one line. A video is written back as VIDEO.overlay.mp4.
 
 Vocabulary: --vocab (classes separated by ",", synonyms of one class by "|"), or --vocab-file (one
@@ -196,7 +196,8 @@ def segment_images(seg: Segmenter, paths: List[str], out: Path) -> int:
             result = seg(image)
             write_outputs(image, result, stem, path)
         except InputError as err:
-            tqdm.write(f"{path}: skipped: {err}", file=sys.stderr)
+            reason = str(err).removeprefix(f"{path}: ")
+            tqdm.write(f"{path}: skipped: {reason}", file=sys.stderr)
             skipped += 1
         except MemoryError:
             tqdm.write(f"{path}: skipped: not enough memory for this image; downscale it", file=sys.stderr)
@@ -226,6 +227,9 @@ def segment_video(seg: Segmenter, path: str, out: Path) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     height, width = frame.shape[:2]
     writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        print(f"{path}: skipped: OpenCV cannot write {target} (no MPEG-4 encoder in this build)", file=sys.stderr)
+        return 1
     shares = np.zeros(len(seg.vocabulary))
     count = 0
     with tqdm(total=frames, unit="frame", file=sys.stderr, desc=Path(path).name) as bar:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
@@ -57,13 +58,11 @@ ImageLike = Union[str, "os.PathLike[str]", np.ndarray, Image.Image, torch.Tensor
 SCORE_ELEMENTS = 2**28
 # Elements of one (classes x rows x width) step of the full-size label-map computation (16 MiB).
 STEP_ELEMENTS = 2**22
-# Images with more pixels than this are refused rather than decoded (a 20,000 x 20,000 photo).
-MAX_IMAGE_PIXELS = 400_000_000
 
 WEIGHTS_HINT = (
-    "trained weights: CAT-Seg's ViT-B checkpoint (python demo/demo.py downloads it on first use; "
-    "see MODEL_ZOO.md), then Segmenter.from_config('configs/catseg_vitb.yaml', weights='model_base.pth') "
-    "or MODEL.WEIGHTS model_base.pth"
+    "trained weights: CAT-Seg's ViT-B checkpoint, which demo/demo.py downloads when run without "
+    "--config-file (see MODEL_ZOO.md); load it with configs/catseg_vitb.yaml and MODEL.WEIGHTS "
+    "(demo: --weights, Python: weights=)"
 )
 
 _said_cpu = False
@@ -114,33 +113,28 @@ def read_image(path: Union[str, "os.PathLike[str]"]) -> np.ndarray:
 
     EXIF orientation is applied; 16-bit images are scaled (not clipped) to 8 bits; palette,
     grayscale, CMYK and alpha images become RGB (alpha dropped). Raises :class:`InputError` for a
-    missing, unreadable, truncated or too large file.
+    missing, unreadable, truncated or too large file (Pillow's decompression-bomb limit).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder, not an image")
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # checked below, with a message of our own
     try:
-        with Image.open(path) as img:
-            pixels = img.width * img.height
-            if pixels > MAX_IMAGE_PIXELS:
-                raise InputError(
-                    f"{path}: {img.width} x {img.height} pixels is more than the {MAX_IMAGE_PIXELS:,} this reads; "
-                    "downscale it first"
-                )
-            img.load()
-            return pil_to_rgb(ImageOps.exif_transpose(img))
+        with warnings.catch_warnings():
+            # up to twice Pillow's MAX_IMAGE_PIXELS (179 million pixels) opens, without the warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return pil_to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{path}: too large to open safely ({err}); downscale it first") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image (or a format Pillow cannot read)") from None
+    except InputError:
+        raise
     except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, InputError):
-            raise
         raise InputError(f"{path}: cannot read the image, truncated or corrupt ({err})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -230,7 +224,8 @@ class Segmentation:
 
     Attributes:
         label_map: (H, W) at the image's own size, the index into ``vocabulary`` of each pixel's
-            best class; uint8 up to 256 classes, uint16 up to 65,536, int32 beyond.
+            best class; uint8 up to 255 classes (255 stays free, the "ignore" value of label
+            PNGs), uint16 up to 65,535, int32 beyond.
         scores: (T,) float32, per class the mean probability over the pixels given to it
             (0 for a class given no pixel).
         pixel_share: (T,) float64, per class the fraction of the pixels given to it.
@@ -399,7 +394,12 @@ class Segmenter:
             raise InputError("no vocabulary: pass vocabulary=... or call set_vocabulary([...class names...]) first")
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
-        arrays = [to_rgb(im) for im in batch]
+        arrays = []
+        for k, image in enumerate(batch):
+            try:
+                arrays.append(to_rgb(image))
+            except InputError as err:
+                raise InputError(f"image {k + 1} of {len(batch)}: {err}" if not single else str(err)) from None
         results: List[Segmentation] = []
         for start in range(0, len(arrays), self.batch_size):
             results += self._segment_batch(arrays[start : start + self.batch_size], probabilities)
@@ -474,7 +474,7 @@ def _label_map(probs: torch.Tensor, size: Tuple[int, int]) -> Tuple[np.ndarray, 
     """The label map (H, W) of class probabilities (T, h, w) resized to ``size``, with per class
     the sum of the winning probabilities (T,) and the pixel count (T,)."""
     t = probs.shape[0]
-    dtype = np.uint8 if t <= 256 else np.uint16 if t <= 65536 else np.int32
+    dtype = np.uint8 if t <= 255 else np.uint16 if t <= 65535 else np.int32
     labels = np.empty(size, dtype)
     best_sum = np.zeros(t)
     counts = np.zeros(t)

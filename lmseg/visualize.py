@@ -8,6 +8,7 @@ tail in one line when they do not all fit.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
@@ -87,25 +88,29 @@ def draw_legend(
     if rest:
         total = float(sum(shares[i] for i in rest))
         lines.append((None, f"+ {len(rest)} more classes ({_percent(total)})"))
-    fonts = [_font_for(text, size) for _, text in lines]
+    runs = [_runs(text, size) for _, text in lines]
     stroke = max(1, size // 12)
     swatch = size
     text_x = pad + swatch + pad
-    panel_w = min(width, text_x + max(f.getlength(t) for f, (_, t) in zip(fonts, lines)) + pad + stroke)
+    text_w = max(sum(font.getlength(t) for t, font in r) for r in runs)
+    panel_w = int(min(width, text_x + text_w + pad + stroke))
     panel_h = min(height, 2 * pad + row * len(lines))
 
-    image = Image.fromarray(canvas[:panel_h, : int(panel_w)])
+    image = Image.fromarray(canvas[:panel_h, :panel_w])
     shade = Image.new("RGB", image.size, (20, 20, 20))
     image = Image.blend(image, shade, 0.6)
     draw = ImageDraw.Draw(image)
-    for k, ((i, text), font) in enumerate(zip(lines, fonts)):
+    for k, ((i, _), parts) in enumerate(zip(lines, runs)):
         y = pad + k * row
         if i is not None:
-            draw.rectangle([pad, y + (row - swatch) // 2, pad + swatch, y + (row - swatch) // 2 + swatch],
-                           fill=tuple(int(c) for c in colours[i]), outline=(255, 255, 255))
-        draw.text((text_x, y + row // 2), text, font=font, fill=(255, 255, 255), anchor="lm",
-                  stroke_width=stroke, stroke_fill=(0, 0, 0))
-    canvas[:panel_h, : int(panel_w)] = np.asarray(image)
+            top = y + (row - swatch) // 2
+            draw.rectangle([pad, top, pad + swatch, top + swatch], fill=tuple(int(c) for c in colours[i]), outline=(255, 255, 255))
+        x = text_x
+        for text, font in parts:
+            draw.text((x, y + row // 2), text, font=font, fill=(255, 255, 255), anchor="lm",
+                      stroke_width=stroke, stroke_fill=(0, 0, 0))
+            x += font.getlength(text)
+    canvas[:panel_h, :panel_w] = np.asarray(image)
     return Legend(shown, rest)
 
 
@@ -142,36 +147,43 @@ def _short(name: str) -> str:
     return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 1] + "…"
 
 
-def _font_for(text: str, size: int) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans, or the first font found that has a glyph for every character of ``text``."""
-    for path in _font_paths():
-        if _covers(path, text):
-            return _font(path, size)
+def _runs(text: str, size: int) -> List[Tuple[str, ImageFont.FreeTypeFont]]:
+    """``text`` cut into runs of characters drawn with one font each: DejaVu Sans where it has the
+    glyph, else the first font that has it."""
+    runs: List[Tuple[str, str]] = []
+    for char in text:
+        path = _font_path_for(char)
+        if runs and runs[-1][1] == path:
+            runs[-1] = (runs[-1][0] + char, path)
+        else:
+            runs.append((char, path))
+    return [(part, _font(path, size)) for part, path in runs]
+
+
+@lru_cache(maxsize=65536)
+def _font_path_for(char: str) -> str:
     paths = _font_paths()
-    return _font(paths[0], size) if paths else ImageFont.load_default(size)
+    if char.isspace():
+        return paths[0]
+    return next((p for p in paths if ord(char) in _cmap(p)), paths[0])
 
 
 @lru_cache(maxsize=None)
 def _font_paths() -> Tuple[str, ...]:
-    """TrueType fonts to try, DejaVu Sans (matplotlib's own) first, then the system's."""
+    """TrueType fonts to try: DejaVu Sans (matplotlib's own) first, then the system's, then
+    matplotlib's Last Resort font (a box naming the Unicode block, for glyphs no font has)."""
     from matplotlib import font_manager
 
-    first = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=True)
-    others = sorted(
-        f.fname for f in font_manager.fontManager.ttflist if f.fname.lower().endswith((".ttf", ".otf", ".ttc"))
-    )
-    return tuple(dict.fromkeys([first, *others]))
+    first = str(font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=True))
+    fonts = sorted(str(f.fname) for f in font_manager.fontManager.ttflist if str(f.fname).lower().endswith((".ttf", ".otf")))
+    last = [f for f in fonts if "lastresort" in os.path.basename(f).lower()]
+    others = [f for f in fonts if f not in last]
+    return tuple(dict.fromkeys([first, *others, *last]))
 
 
 @lru_cache(maxsize=None)
 def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
-
-
-@lru_cache(maxsize=4096)
-def _covers(path: str, text: str) -> bool:
-    cmap = _cmap(path)
-    return all(ord(c) in cmap for c in text if not c.isspace())
 
 
 @lru_cache(maxsize=None)

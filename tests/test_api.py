@@ -1,6 +1,10 @@
 """lmseg.Segmenter: inputs of every kind, vocabularies, results, bounded memory (tiny config)."""
 import logging
+import re
+import struct
+import zlib
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,7 +15,7 @@ import lmseg.api as api
 from lmseg import Segmentation, Segmenter
 from lmseg.api import InputError, parse_vocabulary
 
-from model_helpers import TINY_CONFIG
+from model_helpers import REPO, TINY_CONFIG
 
 VOCAB = "sky, grass|lawn ,house,red ball"
 
@@ -134,6 +138,11 @@ def test_bad_images_are_refused_with_what_is_expected(seg, value, message):
         seg(value, vocabulary="cat")
 
 
+def test_a_bad_image_in_a_list_is_named_by_its_position(seg):
+    with pytest.raises(InputError, match=r"image 2 of 3: an image array of shape \(3, 8, 8\)"):
+        seg([_image(), np.zeros((3, 8, 8), np.uint8), _image()], vocabulary="cat")
+
+
 def test_batch_equals_single_calls_and_sizes_may_differ(seg):
     seg.set_vocabulary(VOCAB)
     images = [_image(), _image(30, 20, seed=1), _image(1, 1, seed=2)]
@@ -147,14 +156,14 @@ def test_batch_equals_single_calls_and_sizes_may_differ(seg):
 
 def test_large_images_are_processed_at_the_test_size_and_labelled_in_bounded_steps(seg, monkeypatch):
     seg.set_vocabulary(VOCAB)
-    image = np.tile(_image(), (8, 8, 1))  # 384 x 512, larger than MIN_SIZE_TEST 96
+    image = np.tile(_image(), (4, 4, 1))  # 192 x 256, larger than MIN_SIZE_TEST 96
     seen = []
     forward = seg.model.forward
     monkeypatch.setattr(seg.model, "forward", lambda inputs: seen.extend(inputs) or forward(inputs))
     reference = seg(image)
-    assert tuple(seen[0]["image"].shape) == (3, 96, 128) == (3, *seg.processing_size(384, 512))
+    assert tuple(seen[0]["image"].shape) == (3, 96, 128) == (3, *seg.processing_size(192, 256))
     assert (seen[0]["height"], seen[0]["width"]) == (96, 128)  # scores come at the processing size
-    # the same labels when every step holds a few rows of one class only
+    # the same labels when every step holds one row of two classes only
     monkeypatch.setattr(api, "STEP_ELEMENTS", 512)
     small_steps = seg(image)
     np.testing.assert_array_equal(small_steps.label_map, reference.label_map)
@@ -163,7 +172,7 @@ def test_large_images_are_processed_at_the_test_size_and_labelled_in_bounded_ste
     monkeypatch.setattr(api, "SCORE_ELEMENTS", 4 * 24 * 32)
     seen.clear()
     shrunk = seg(image)
-    assert (seen[0]["height"], seen[0]["width"]) == (24, 32) and shrunk.label_map.shape == (384, 512)
+    assert (seen[0]["height"], seen[0]["width"]) == (24, 32) and shrunk.label_map.shape == (192, 256)
     assert seg.processing_size(1, 10_000) == (1, seg.cfg.INPUT.MAX_SIZE_TEST)  # extreme aspect ratios keep at least a pixel
 
 
@@ -186,3 +195,34 @@ def test_cpu_fallback_and_untrained_model_are_each_said_once(caplog, monkeypatch
     assert "the labels are those of an untrained model" in text
     with pytest.raises(FileNotFoundError, match="config file 'nope.yaml' not found"):
         Segmenter.from_config("nope.yaml")
+
+
+def test_the_readme_python_example_runs_as_written(monkeypatch, capsys):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    example = next(b for b in blocks if "from lmseg import Segmenter" in b)
+    monkeypatch.chdir(REPO)
+    exec(compile(example, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "(400, 600)" and len(lines) >= 2
+    assert all(re.fullmatch(r"\S.* of the image, score \d\.\d\d", line) for line in lines[1:])
+
+
+def test_sixteen_bit_files_are_scaled_not_clipped(tmp_path):
+    rgb = np.stack([np.full((4, 5), 65535), np.full((4, 5), 257 * 100), np.full((4, 5), 257 * 3)], -1).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    Image.fromarray(np.full((4, 5), 257 * 200, np.uint16)).save(tmp_path / "gray16.png")
+    assert (api.read_image(tmp_path / "rgb16.png") == (255, 100, 3)).all()
+    assert (api.read_image(tmp_path / "gray16.png") == 200).all()
+
+
+def test_an_image_too_large_to_open_safely_is_refused(tmp_path):
+    # a PNG header announcing 20,000 x 20,000 pixels: Pillow's decompression-bomb check stops at it
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="bomb.png: too large to open safely .*downscale it first"):
+        api.read_image(path)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from lmseg import Segmenter
 from lmseg.api import read_image
-from lmseg.visualize import _covers, _font_paths, draw_overlay
+from lmseg.visualize import _font_path_for, _font_paths, draw_overlay
 
 from model_helpers import REPO, TINY_CONFIG, tiny_cfg
 
@@ -281,4 +281,6 @@ def test_legend_scales_with_the_image_and_summarises_hundreds_of_classes():
 
     small, large = panel_height(400), panel_height(4000)
     assert large >= 8 * small > 0 and large >= 4000 / 45  # about a fiftieth of the image per line
-    assert _covers(_font_paths()[0], "собака café")  # DejaVu Sans first: Latin, Cyrillic, Greek...
+    # DejaVu Sans draws Latin, Cyrillic, Greek...; other scripts come from a font that has them
+    assert {_font_path_for(c) for c in "собака café"} == {_font_paths()[0]} and "DejaVuSans" in _font_paths()[0]
+    assert _font_path_for("猫") != _font_paths()[0]

@@ -12,11 +12,13 @@ needs, which open_clip's own forward does not:
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+from functools import lru_cache
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import open_clip
 import torch
@@ -30,10 +32,25 @@ FINETUNE_MODES = ("none", "attention_qv", "attention", "full")
 _CONFIG_DIR = Path(__file__).with_name("clip_configs")
 
 
-def register_clip_configs() -> None:
-    """Make the architectures LMSeg defines (``LMSeg-Tiny``) known to open_clip."""
-    if "LMSeg-Tiny" not in open_clip.list_models():
-        open_clip.add_model_config(_CONFIG_DIR)
+@lru_cache(maxsize=None)
+def _own_configs() -> Dict[str, str]:
+    """open_clip model configs of the architectures LMSeg defines (``LMSeg-Tiny``), by name, as JSON
+    text. They are built here, never added to open_clip's global list of models."""
+    return {path.stem: path.read_text(encoding="utf-8") for path in sorted(_CONFIG_DIR.glob("*.json"))}
+
+
+def create_open_clip(name: str, pretrained: str = "", *, quick_gelu: bool = True) -> Tuple[nn.Module, object]:
+    """An open_clip model and its tokenizer: one of open_clip's architectures (weights from a
+    pretrained tag or file, or random), or one LMSeg defines (random, or weights from a file)."""
+    if name in _own_configs():
+        cfg = json.loads(_own_configs()[name])
+        cfg["quick_gelu"] = cfg.get("quick_gelu", False) or quick_gelu
+        model = open_clip.CLIP(**cfg)
+        if pretrained:
+            open_clip.load_checkpoint(model, pretrained)
+        return model, open_clip.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+    model = open_clip.create_model(name, pretrained=pretrained or None, force_quick_gelu=quick_gelu)
+    return model, open_clip.get_tokenizer(name)
 
 
 class SplitQKVAttention(nn.Module):
@@ -144,6 +161,9 @@ class ClipEncoder(nn.Module):
         image_size: square input resolution used inside LMSeg.
         guidance_layers: 0-based visual blocks whose residual stream is returned as guidance.
         finetune: one of :data:`FINETUNE_MODES`.
+        dense: whether the dense features are needed. Without them (the ``sam_only`` fusion) the
+            image tower runs only up to the last guidance layer, and the weights after it, which
+            then take no part in the output, do not train.
     """
 
     def __init__(
@@ -155,6 +175,7 @@ class ClipEncoder(nn.Module):
         guidance_layers: Sequence[int],
         finetune: str = "attention_qv",
         text_batch_size: int = 1024,
+        dense: bool = True,
     ):
         super().__init__()
         for blocks in (model.visual.transformer.resblocks, model.transformer.resblocks):
@@ -165,6 +186,7 @@ class ClipEncoder(nn.Module):
         self.image_size = image_size
         self.guidance_layers = tuple(guidance_layers)
         self.text_batch_size = text_batch_size
+        self.dense = dense
 
         visual = model.visual
         self.patch_size = visual.conv1.kernel_size[0]
@@ -195,12 +217,21 @@ class ClipEncoder(nn.Module):
         """Set which CLIP weights train (``requires_grad``); see :data:`FINETUNE_MODES`."""
         if mode not in FINETUNE_MODES:
             raise ValueError(f"MODEL.CLIP.FINETUNE={mode!r} is not one of {FINETUNE_MODES}")
-        last_visual_attn = f"visual.transformer.resblocks.{len(self.model.visual.transformer.resblocks) - 1}.attn."
-        # Weights the forward pass never uses cannot train: the query and key of the value-only
-        # last visual block, and the contrastive logit scale.
+        depth = len(self.model.visual.transformer.resblocks)
+        last_visual_attn = f"visual.transformer.resblocks.{depth - 1}.attn."
+        # Weights the forward pass never uses cannot train (and would stall multi-process training,
+        # where every trainable weight must get a gradient): the query and key of the value-only
+        # last visual block, the contrastive logit scale, and without dense features every image
+        # weight after the last guidance layer.
         unused = {last_visual_attn + "q_proj_weight", last_visual_attn + "k_proj_weight", "logit_scale"}
         if getattr(self.model, "logit_bias", None) is not None:
             unused.add("logit_bias")
+        unused_prefixes = ()
+        if not self.dense:
+            after = range(max(self.guidance_layers, default=-1) + 1, depth)
+            unused_prefixes = tuple(f"visual.transformer.resblocks.{i}." for i in after)
+            unused_prefixes += ("visual.ln_post.",)
+            unused.add("visual.proj")
         for name, param in self.model.named_parameters():
             if mode == "full":
                 train = True
@@ -210,7 +241,7 @@ class ClipEncoder(nn.Module):
                 train = name.endswith(("attn.q_proj_weight", "attn.v_proj_weight"))
             else:
                 train = False
-            param.requires_grad_(train and name not in unused)
+            param.requires_grad_(train and name not in unused and not name.startswith(unused_prefixes))
 
     def text_parameters(self) -> List[nn.Parameter]:
         """The parameters that decide text embeddings (used to key the text cache)."""
@@ -220,11 +251,12 @@ class ClipEncoder(nn.Module):
         return params
 
     # ----------------------------------------------------------------------------------- image
-    def encode_image(self, images: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def encode_image(self, images: torch.Tensor) -> Tuple[Optional[torch.Tensor], List[torch.Tensor]]:
         """Dense features and guidance of normalised images (N, 3, S, S), S = ``image_size``.
 
         Returns:
-            dense: (N, embed_dim, g, g), g = S / patch size; not normalised.
+            dense: (N, embed_dim, g, g), g = S / patch size; not normalised. None when the
+                encoder was built without dense features.
             guidance: one (N, width, g, g) residual stream per guidance layer.
         """
         visual = self.model.visual
@@ -238,11 +270,15 @@ class ClipEncoder(nn.Module):
         x = visual.ln_pre(x)
 
         blocks = visual.transformer.resblocks
+        # without dense features, the blocks after the last guidance layer are not needed
+        stop = len(blocks) - 1 if self.dense else max(self.guidance_layers, default=-1) + 1
         guidance = []
-        for i, block in enumerate(blocks[:-1]):
+        for i, block in enumerate(blocks[:stop]):
             x = _block_forward(block, x)
             if i in self.guidance_layers:
                 guidance.append(self._tokens_to_map(x, grid))
+        if not self.dense:
+            return None, guidance
         x = _block_forward_values(blocks[-1], x)
         x = visual.ln_post(x) @ visual.proj  # (N, 1 + g*g, embed_dim)
         return self._tokens_to_map(x, grid), guidance
@@ -301,11 +337,11 @@ def build_clip_encoder(
     guidance_layers: Sequence[int] = (3, 7),
     finetune: str = "attention_qv",
     text_batch_size: int = 1024,
+    dense: bool = True,
 ) -> ClipEncoder:
     """Build a :class:`ClipEncoder` from an open_clip architecture name and pretrained tag/file."""
-    register_clip_configs()
-    if name not in open_clip.list_models():
-        known = [m for m in open_clip.list_models() if m.startswith(("ViT-", "LMSeg"))]
+    if name not in open_clip.list_models() and name not in _own_configs():
+        known = [m for m in open_clip.list_models() if m.startswith("ViT-")] + list(_own_configs())
         raise ValueError(
             f"MODEL.CLIP.NAME={name!r} is not an open_clip architecture; accepted ViT names: "
             f"{', '.join(known)}"
@@ -317,7 +353,7 @@ def build_clip_encoder(
             f"accepted tags: {tags or 'none'}, a checkpoint path, or '' for random weights"
         )
     try:
-        model = open_clip.create_model(name, pretrained=pretrained or None, force_quick_gelu=quick_gelu)
+        model, tokenizer = create_open_clip(name, pretrained, quick_gelu=quick_gelu)
     except RuntimeError as err:
         if not pretrained:
             raise
@@ -326,7 +362,6 @@ def build_clip_encoder(
             "Without network access, download the weights elsewhere and give their file path."
         ) from err
     _check_standard_clip(model, name)
-    tokenizer = open_clip.get_tokenizer(name)
     return ClipEncoder(
         model,
         tokenizer,
@@ -334,4 +369,5 @@ def build_clip_encoder(
         guidance_layers=guidance_layers,
         finetune=finetune,
         text_batch_size=text_batch_size,
+        dense=dense,
     )
