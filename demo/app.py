@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -123,16 +124,19 @@ class WebDemo:
         if not path:
             raise InputError("no image: upload one (or pick the example below)")
         name = Path(path).name
+        too_large = f"more than the {self.max_image_pixels:,} this page takes: downscale it first (or start the app " \
+                    "with a larger --max-image-pixels)"
         try:
-            with Image.open(path) as img:  # the header only: refuse a huge image before decoding it
-                width, height = img.size
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+                with Image.open(path) as img:  # the header only: refuse a huge image before decoding it
+                    width, height = img.size
+        except Image.DecompressionBombError:  # Pillow's own limit, at twice its MAX_IMAGE_PIXELS
+            raise InputError(f"{name} has {too_large}") from None
         except (UnidentifiedImageError, OSError):
             raise InputError(f"{name} is not an image (or a format Pillow cannot read): upload a JPEG, PNG or WebP") from None
         if width * height > self.max_image_pixels:
-            raise InputError(
-                f"{name} is {width} x {height} pixels, more than the {self.max_image_pixels:,} this page takes: "
-                "downscale it first (or start the app with a larger --max-image-pixels)"
-            )
+            raise InputError(f"{name} is {width} x {height} pixels, {too_large}")
         try:
             return read_image(path)
         except InputError as err:  # its message names the uploaded copy's path: use the file's name

@@ -85,6 +85,15 @@ def test_app_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     assert 'the web demo needs Gradio: pip install -e ".[web]"' in capsys.readouterr().err
 
 
+def test_images_past_pillows_own_limit_are_refused_by_name(tmp_path, monkeypatch):
+    app = _load_app()
+    web = app.WebDemo(None, max_image_pixels=10**9, max_classes=10, workdir=str(tmp_path))
+    Image.new("RGB", (100, 100)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 10,000 pixels: past twice the limit
+    with pytest.raises(app.InputError, match=r"^big.png has more than the 1,000,000,000 this page takes"):
+        web.load_image(str(tmp_path / "big.png"))
+
+
 # ------------------------------------------------------------------------------------ in a browser
 @pytest.fixture(scope="module")
 def artifacts():
