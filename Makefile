@@ -1,9 +1,10 @@
 # Two entry points, each doing all set-up first (tools/setup_env.sh is a no-op once done):
 #   make demo   runs the demo (see README.md for its variables)
 #   make test   runs the test suite
+#   make web    starts the web demo (see README.md)
 PYTHON := .venv/bin/python
 
-.PHONY: setup test demo
+.PHONY: setup test demo web
 setup:
 	@bash tools/setup_env.sh
 
@@ -23,3 +24,11 @@ WEIGHTS ?=
 demo: setup
 	$(PYTHON) demo/demo.py --input $(INPUT) --vocab "$(VOCAB)" --output $(OUTPUT) \
 		$(if $(CONFIG),--config-file $(CONFIG)) $(if $(WEIGHTS),--weights $(WEIGHTS))
+
+# The web demo on http://127.0.0.1:$(PORT) (demo/app.py), after installing the web extra (Gradio).
+# The same model choice as make demo: CONFIG/WEIGHTS, or CAT-Seg's ViT-B downloaded once.
+PORT ?= 7860
+
+web: setup
+	$(PYTHON) -c "import gradio" 2>/dev/null || $(PYTHON) -m pip install --disable-pip-version-check -e ".[web]"
+	$(PYTHON) demo/app.py --port $(PORT) $(if $(CONFIG),--config-file $(CONFIG)) $(if $(WEIGHTS),--weights $(WEIGHTS))
