@@ -24,6 +24,7 @@ from lmseg.catseg import CatSegFormatError, convert_catseg_to_lmseg, convert_lms
 from lmseg.checkpoint import LMSegCheckpointer, load_weights
 from lmseg.modeling.cost import cost_volume
 from lmseg.modeling.sam_encoder import SamEncoder
+from lmseg.modeling.sliding import whole_image_boxes
 
 from model_helpers import REPO
 
@@ -339,7 +340,7 @@ def test_lmseg_with_sam_and_three_prompts_starts_from_catseg(catseg_model, check
         dense, _ = single.clip.encode_image(single._clip_views(image))
         expected = single.cost_embed(cost_volume(single.fusion(dense, None), single.text_embeddings()))
         dense, _ = model.clip.encode_image(model._clip_views(image))
-        sam = model._sam_maps(model._sam_features(image), model._full_boxes(1))
+        sam = model._sam_maps(model._sam_features(image), whole_image_boxes(1, model.device))
         text = model.text_embeddings()
         assert text.shape[1] == 3
         got = model.cost_embed(cost_volume(model.fusion(dense, sam), text))

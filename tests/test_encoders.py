@@ -7,20 +7,19 @@ import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT
 
-from lmseg.modeling.clip_encoder import ClipEncoder, SplitQKVAttention, register_clip_configs
+from lmseg.modeling.clip_encoder import ClipEncoder, SplitQKVAttention, create_open_clip
 from lmseg.modeling.sam_encoder import SamEncoder
 
 from model_helpers import eval_batch, scores, tiny_model
 
 
 def _open_clip_tiny(seed=0):
-    register_clip_configs()
     torch.manual_seed(seed)
-    return open_clip.create_model("LMSeg-Tiny", force_quick_gelu=True).eval()
+    return create_open_clip("LMSeg-Tiny")[0].eval()
 
 
 def _wrap(model):
-    return ClipEncoder(copy.deepcopy(model), open_clip.get_tokenizer("LMSeg-Tiny"), image_size=32, guidance_layers=(0, 1)).eval()
+    return ClipEncoder(copy.deepcopy(model), create_open_clip("LMSeg-Tiny")[1], image_size=32, guidance_layers=(0, 1)).eval()
 
 
 def test_split_attention_matches_multihead_attention():
@@ -37,7 +36,7 @@ def test_clip_text_embeddings_match_open_clip():
     ref = _open_clip_tiny()
     enc = _wrap(ref)
     texts = ["a photo of a cat", "sofa", "a very long description of a bright red double-decker bus"]
-    tokens = open_clip.get_tokenizer("LMSeg-Tiny")(texts)
+    tokens = create_open_clip("LMSeg-Tiny")[1](texts)
     with torch.no_grad():
         expected = torch.nn.functional.normalize(ref.encode_text(tokens), dim=-1)
         torch.testing.assert_close(enc.encode_text(texts), expected, rtol=1e-5, atol=1e-6)
@@ -165,3 +164,10 @@ def test_sam_fused_attention_blocks_match_segment_anything_at_any_size():
             x = torch.randn(2, size, size, 32)
             for block in sam.encoder.blocks:
                 torch.testing.assert_close(_block_forward(block, x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_clip_is_built_without_registering_it_in_open_clip():
+    model = tiny_model()
+    assert "LMSeg-Tiny" not in open_clip.list_models()
+    tokens = model.clip.tokenize(["a cat"])
+    assert tokens.shape == (1, 77) and torch.equal(tokens, open_clip.SimpleTokenizer()(["a cat"]))

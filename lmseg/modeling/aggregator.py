@@ -14,21 +14,18 @@ from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(M, H, W, C) -> (M * H/window * W/window, window * window, C), windows in row-major order."""
-    m, h, w, c = x.shape
-    x = x.view(m, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, window * window, c)
+    return rearrange(x, "m (h p) (w q) c -> (m h w) (p q) c", p=window, q=window)
 
 
 def window_merge(x: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
     """Inverse of :func:`window_partition`."""
-    c = x.shape[-1]
-    x = x.view(-1, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, h, w, c)
+    return rearrange(x, "(m h w) (p q) c -> m (h p) (w q) c", h=h // window, w=w // window, p=window)
 
 
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
@@ -72,17 +69,14 @@ class GuidedWindowAttention(nn.Module):
         # xg: (M * windows, L, dim + guidance); mask: (windows, L, L) or None
         b, n, _ = xg.shape
         heads = self.num_heads
-
-        def split(t):
-            return t.view(b, n, heads, -1).transpose(1, 2)  # (B, heads, L, dim / heads)
-
-        q, k, v = split(self.q(xg)), split(self.k(xg)), split(self.v(xg[..., :dim]))
+        # (B, L, dim) -> (B, heads, L, dim / heads)
+        q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=heads) for t in (self.q(xg), self.k(xg), self.v(xg[..., :dim])))
         if mask is not None:
             windows = mask.shape[0]
             mask = mask.to(q.dtype)[None, :, None].expand(b // windows, -1, heads, -1, -1)
             mask = mask.reshape(b, heads, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
 class Mlp(nn.Module):

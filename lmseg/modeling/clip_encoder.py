@@ -12,11 +12,13 @@ needs, which open_clip's own forward does not:
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+from functools import lru_cache
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import open_clip
 import torch
@@ -30,10 +32,25 @@ FINETUNE_MODES = ("none", "attention_qv", "attention", "full")
 _CONFIG_DIR = Path(__file__).with_name("clip_configs")
 
 
-def register_clip_configs() -> None:
-    """Make the architectures LMSeg defines (``LMSeg-Tiny``) known to open_clip."""
-    if "LMSeg-Tiny" not in open_clip.list_models():
-        open_clip.add_model_config(_CONFIG_DIR)
+@lru_cache(maxsize=None)
+def _own_configs() -> Dict[str, str]:
+    """open_clip model configs of the architectures LMSeg defines (``LMSeg-Tiny``), by name, as JSON
+    text. They are built here, never added to open_clip's global list of models."""
+    return {path.stem: path.read_text(encoding="utf-8") for path in sorted(_CONFIG_DIR.glob("*.json"))}
+
+
+def create_open_clip(name: str, pretrained: str = "", *, quick_gelu: bool = True) -> Tuple[nn.Module, object]:
+    """An open_clip model and its tokenizer: one of open_clip's architectures (weights from a
+    pretrained tag or file, or random), or one LMSeg defines (random, or weights from a file)."""
+    if name in _own_configs():
+        cfg = json.loads(_own_configs()[name])
+        cfg["quick_gelu"] = cfg.get("quick_gelu", False) or quick_gelu
+        model = open_clip.CLIP(**cfg)
+        if pretrained:
+            open_clip.load_checkpoint(model, pretrained)
+        return model, open_clip.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+    model = open_clip.create_model(name, pretrained=pretrained or None, force_quick_gelu=quick_gelu)
+    return model, open_clip.get_tokenizer(name)
 
 
 class SplitQKVAttention(nn.Module):
@@ -303,9 +320,8 @@ def build_clip_encoder(
     text_batch_size: int = 1024,
 ) -> ClipEncoder:
     """Build a :class:`ClipEncoder` from an open_clip architecture name and pretrained tag/file."""
-    register_clip_configs()
-    if name not in open_clip.list_models():
-        known = [m for m in open_clip.list_models() if m.startswith(("ViT-", "LMSeg"))]
+    if name not in open_clip.list_models() and name not in _own_configs():
+        known = [m for m in open_clip.list_models() if m.startswith("ViT-")] + list(_own_configs())
         raise ValueError(
             f"MODEL.CLIP.NAME={name!r} is not an open_clip architecture; accepted ViT names: "
             f"{', '.join(known)}"
@@ -317,7 +333,7 @@ def build_clip_encoder(
             f"accepted tags: {tags or 'none'}, a checkpoint path, or '' for random weights"
         )
     try:
-        model = open_clip.create_model(name, pretrained=pretrained or None, force_quick_gelu=quick_gelu)
+        model, tokenizer = create_open_clip(name, pretrained, quick_gelu=quick_gelu)
     except RuntimeError as err:
         if not pretrained:
             raise
@@ -326,7 +342,6 @@ def build_clip_encoder(
             "Without network access, download the weights elsewhere and give their file path."
         ) from err
     _check_standard_clip(model, name)
-    tokenizer = open_clip.get_tokenizer(name)
     return ClipEncoder(
         model,
         tokenizer,

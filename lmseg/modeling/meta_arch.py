@@ -7,8 +7,7 @@ scores at the input's size at inference (whole image or sliding window).
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +23,11 @@ from .cost import CostEmbedding, cost_volume
 from .decoder import Decoder
 from .fusion import FUSION_MODES, FeatureFusion, crop_and_resize
 from .loss import sem_seg_bce_loss
-from .prompts import PromptBuilder, TextEmbeddingCache, load_descriptions, validate_vocabulary
+from .prompts import PromptBuilder, load_descriptions
 from .sam_encoder import SamEncoder, build_sam_encoder
+from .sliding import SlidingWindows, whole_image_boxes
 from .summary import log_parameter_summary
+from .vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +78,11 @@ class LMSeg(nn.Module):
             raise ValueError(f"MODEL.LMSEG.CLASS_CAP={class_cap} must be at least 1")
         if class_chunk < 1:
             raise ValueError(f"MODEL.LMSEG.CLASS_CHUNK={class_chunk} must be at least 1")
-        if not 0.0 <= sliding_overlap < 1.0:
-            raise ValueError(f"TEST.SLIDING_OVERLAP={sliding_overlap} must lie in [0, 1)")
-        if sliding_window_size > sliding_grid:
-            raise ValueError(
-                f"TEST.SLIDING_WINDOW_SIZE={sliding_window_size} is larger than TEST.SLIDING_GRID={sliding_grid}"
-            )
+        self.windows = SlidingWindows(sliding_grid, sliding_window_size, sliding_overlap, sliding_global_weight)
         self.clip = clip
         self.sam = sam
         self.fusion = fusion
-        self.prompt_builder = prompt_builder
+        self.vocab = Vocabulary(prompt_builder)
         self.cost_embed = cost_embed
         self.aggregator = aggregator
         self.decoder = decoder
@@ -106,13 +102,6 @@ class LMSeg(nn.Module):
         self.size_divisibility = size_divisibility
         self.keep_padding = keep_padding
         self.sliding_window = sliding_window
-        self.sliding_grid = sliding_grid
-        self.sliding_window_size = sliding_window_size
-        self.sliding_overlap = sliding_overlap
-        self.sliding_global_weight = sliding_global_weight
-        self._text_cache = TextEmbeddingCache()
-        self._vocabulary: Tuple[str, ...] = ()
-        self._prompts: List[List[str]] = []
         if vocabulary:
             self.set_vocabulary(vocabulary)
         log_parameter_summary(self)
@@ -211,7 +200,11 @@ class LMSeg(nn.Module):
     @property
     def vocabulary(self) -> Tuple[str, ...]:
         """The class names of every forward call, in output order."""
-        return self._vocabulary
+        return self.vocab.names
+
+    @property
+    def prompt_builder(self) -> PromptBuilder:
+        return self.vocab.prompt_builder
 
     @property
     def num_prompts(self) -> int:
@@ -223,41 +216,16 @@ class LMSeg(nn.Module):
         A name is one class; it may list synonyms separated by ", " (the first one is used in the
         prompts). Names must be unique.
         """
-        names = validate_vocabulary(class_names)
-        self._prompts = self.prompt_builder(names)
-        self._vocabulary = tuple(names)
+        self.vocab.set(class_names)
 
-    @contextmanager
-    def using_vocabulary(self, class_names: Sequence[str]) -> Iterator[None]:
-        """Temporarily set the vocabulary; the previous one is restored on exit."""
-        previous = self._vocabulary
-        self.set_vocabulary(class_names)
-        try:
-            yield
-        finally:
-            if previous:
-                self.set_vocabulary(previous)
-            else:
-                self._vocabulary, self._prompts = (), []
+    def using_vocabulary(self, class_names: Sequence[str]) -> ContextManager[None]:
+        """Temporarily set the vocabulary (a context manager); the previous one is restored on exit."""
+        return self.vocab.using(class_names)
 
     def text_embeddings(self) -> torch.Tensor:
-        """L2-normalised prompt embeddings (T, P, C) of the current vocabulary.
-
-        Recomputed whenever gradients must flow into a trainable text tower; otherwise cached,
-        keyed on the prompts and on the text weights' storage and version.
-        """
-        if not self._vocabulary:
-            raise RuntimeError("the model has no vocabulary: call model.set_vocabulary([...class names...]) first")
-        t, p = len(self._prompts), self.num_prompts
-        params = self.clip.text_parameters()
-
-        def compute() -> torch.Tensor:
-            flat = [text for prompts in self._prompts for text in prompts]
-            return self.clip.encode_text(flat).view(t, p, -1)
-
-        if torch.is_grad_enabled() and any(q.requires_grad for q in params):
-            return compute()
-        return self._text_cache.get(self._prompts, params, compute)
+        """L2-normalised prompt embeddings (T, P, C) of the current vocabulary (cached when no
+        gradient must reach the text tower)."""
+        return self.vocab.embeddings(self.clip)
 
     @property
     def fusion_weight(self) -> Optional[torch.Tensor]:
@@ -290,7 +258,7 @@ class LMSeg(nn.Module):
             present = present[:, :t]
         sam = None
         if self.sam is not None:
-            sam = self._sam_maps(self._sam_features(batch), self._full_boxes(len(images)))
+            sam = self._sam_maps(self._sam_features(batch), whole_image_boxes(len(images), self.device))
         logits = self._predict(self._clip_views(batch), sam, text, present)
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         return {"loss_sem_seg": sem_seg_bce_loss(logits, labels, self.ignore_value)}
@@ -324,12 +292,6 @@ class LMSeg(nn.Module):
         that both encoders' features of a view cover the same area. Returns (views, C_sam, g, g).
         """
         return crop_and_resize(features, boxes, self.clip.grid_size)
-
-    def _full_boxes(self, n: int) -> torch.Tensor:
-        boxes = torch.zeros(n, 5, device=self.device)
-        boxes[:, 0] = torch.arange(n)
-        boxes[:, 3:] = 1.0
-        return boxes
 
     def _predict(
         self,
@@ -389,7 +351,7 @@ class LMSeg(nn.Module):
         clip_views = torch.cat([self._clip_views(p[None]) for p in padded])
         sam = None
         if self.sam is not None:
-            sam = self._sam_maps(self._sam_features(padded), self._full_boxes(len(padded)))
+            sam = self._sam_maps(self._sam_features(padded), whole_image_boxes(len(padded), self.device))
         logits = self._predict(clip_views, sam, text)
         results = []
         for i, (image, pad, size) in enumerate(zip(images, padded, sizes)):
@@ -422,61 +384,26 @@ class LMSeg(nn.Module):
         out[:, :h, :w] = image
         return out
 
-    def _window_offsets(self) -> List[int]:
-        size, grid = self.sliding_window_size, self.sliding_grid
-        stride = max(int(size * (1 - self.sliding_overlap)), 1)
-        offsets = list(range(0, grid - size + 1, stride))
-        if offsets[-1] + size < grid:
-            offsets.append(grid - size)
-        return offsets
-
     def _inference_sliding(
         self, images: List[torch.Tensor], sizes: List[Tuple[int, int]], text: torch.Tensor
     ) -> List[Dict[str, torch.Tensor]]:
         """Windows over the image resized to a square grid, averaged with a whole-image view.
 
-        All views of all images run as one batch; SAM runs once per image on the grid image and
-        each window takes its crop of SAM's feature map.
+        All views of all images run as one batch; SAM runs once per image on the whole image and
+        each view takes its area of SAM's feature map.
         """
-        grid, size = self.sliding_grid, self.sliding_window_size
-        offsets = [(y, x) for y in self._window_offsets() for x in self._window_offsets()]
-        views = []
-        for image in images:
-            g = F.interpolate(image[None], size=(grid, grid), mode="bilinear", align_corners=False)
-            views += [g[:, :, y : y + size, x : x + size] for y, x in offsets]
-            views.append(F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False))
-        clip_views = self._clip_views(torch.cat(views))
-        per_image = len(offsets) + 1
+        windows = self.windows
+        clip_views = self._clip_views(torch.cat([windows.views(image) for image in images]))
         sam = None
         if self.sam is not None:
-            # The grid is the whole image resized, so window (y, x) covers this part of SAM's map;
-            # the whole-image view covers all of it.
-            areas = [(x / grid, y / grid, (x + size) / grid, (y + size) / grid) for y, x in offsets] + [(0, 0, 1, 1)]
-            boxes = torch.tensor([[i, *a] for i in range(len(images)) for a in areas], device=self.device)
-            sam = self._sam_maps(self._sam_features(images), boxes)
-        logits = self._predict(clip_views, sam, text)
+            sam = self._sam_maps(self._sam_features(images), windows.boxes(len(images), self.device))
+        logits = self._predict(clip_views, sam, text)  # (images * views, T, h, w)
 
         results = []
-        for i, size_out in enumerate(sizes):
-            image_logits = logits[i * per_image : (i + 1) * per_image]
-            fold = lambda x: self._fold_windows(x, offsets, size_out)  # noqa: E731
+        for image_logits, size_out in zip(logits.split(windows.num_views), sizes):
+            fold = lambda x: _resize_scores(windows.fold(x), size_out)  # noqa: E731
             results.append({"sem_seg": self._map_classes(image_logits, fold, dim=1)})
         return results
-
-    def _fold_windows(self, logits: torch.Tensor, offsets: List[Tuple[int, int]], size_out: Tuple[int, int]) -> torch.Tensor:
-        """Scores (T, H, W) from the logits (windows + 1, T, h, w) of one image's views."""
-        grid, size = self.sliding_grid, self.sliding_window_size
-        probs = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).sigmoid()
-        t = probs.shape[1]
-        acc = probs.new_zeros(t, grid, grid)
-        count = probs.new_zeros(1, grid, grid)
-        for (y, x), p in zip(offsets, probs[:-1]):
-            acc[:, y : y + size, x : x + size] += p
-            count[:, y : y + size, x : x + size] += 1
-        whole = F.interpolate(probs[-1:], size=(grid, grid), mode="bilinear", align_corners=False)[0]
-        w = self.sliding_global_weight
-        scores = (1 - w) * (acc / count) + w * whole
-        return _resize_scores(scores, size_out)
 
     def _map_classes(self, x: torch.Tensor, fn, dim: int = 0) -> torch.Tensor:
         """Apply ``fn`` to chunks of classes along ``dim``, filling one float32 output (T, H, W).
