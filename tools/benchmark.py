@@ -4,12 +4,14 @@
     python tools/benchmark.py train --config-file configs/vitb.yaml [--iters 40] [KEY VALUE ...]
     python tools/benchmark.py inference --config-file configs/vitb.yaml [--sliding] \
         [--precision bfloat16] [--classes 150] [KEY VALUE ...]
+    python tools/benchmark.py ops --config-file configs/tiny.yaml [--sliding] [--precision bfloat16]
 
 ``train`` runs the real training path (data loader, mapper, optimizer, AMP, clipping) on a
 synthetic folder dataset of random-label images written to a temporary folder, and reports the
 median iteration time after warm-up and the peak GPU memory. ``inference`` times the model's
 forward pass on one image (INPUT.MIN_SIZE_TEST short side, 4:3) with a vocabulary of ``--classes``
-names (ADE-150's when 150). No pretrained weights are needed or loaded. Results are printed as
+names (ADE-150's when 150). ``ops`` counts the operators and dtype casts of one such forward pass
+with the CPU profiler (on any device). No pretrained weights are needed or loaded. Results are printed as
 JSON and appended to ``--output`` when given.
 """
 import argparse
@@ -129,7 +131,8 @@ def _profile(fn, device: str, dtype, path: str) -> None:
     Path(path).write_text(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=40))
 
 
-def bench_inference(args) -> dict:
+def _inference_setup(args):
+    """The model in eval mode with ``args.classes`` names, one test image, and the autocast dtype."""
     cfg = _cfg(args)
     cfg.TEST.SLIDING_WINDOW = args.sliding
     cfg.DATASETS.TRAIN = ()
@@ -142,8 +145,13 @@ def bench_inference(args) -> dict:
     h, w = short, round(short * 4 / 3)
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
     batch = [{"image": image, "height": 480, "width": 640}]
-    device = cfg.MODEL.DEVICE
     dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.precision]
+    return cfg, model, batch, dtype
+
+
+def bench_inference(args) -> dict:
+    cfg, model, batch, dtype = _inference_setup(args)
+    device = cfg.MODEL.DEVICE
     times = []
     with torch.no_grad():
         for i in range(args.warmup + args.runs):
@@ -157,14 +165,15 @@ def bench_inference(args) -> dict:
                 torch.cuda.reset_peak_memory_stats()
     if args.profile:
         _profile(lambda: model(batch), device, dtype, args.profile)
+    image = batch[0]["image"]
     result = {
         "benchmark": "inference",
         "config": args.config_file,
         "device": _device_name(device),
         "path": "sliding window" if args.sliding else "whole image",
         "precision": args.precision,
-        "classes": len(vocab),
-        "input": [h, w],
+        "classes": len(model.vocabulary),
+        "input": list(image.shape[-2:]),
         "runs": args.runs,
         "latency_ms_median": 1000 * statistics.median(times[args.warmup:]),
     }
@@ -173,25 +182,81 @@ def bench_inference(args) -> dict:
     return result
 
 
+# Operators that convert a tensor's dtype or copy it: aten::to dispatches to aten::_to_copy when
+# it really converts, which fills the new tensor with aten::copy_ (also used by other copies).
+CAST_OPS = ("aten::to", "aten::_to_copy", "aten::copy_")
+
+
+def count_operators(args) -> dict:
+    """Operator calls of one inference forward pass (after one untimed pass), from the profiler.
+
+    ``aten_calls`` counts every aten operator, nested ones included; ``top_level_calls`` only those
+    not called by another aten operator (what Python dispatches, one or more kernel launches each
+    on a GPU); ``cast_elements`` sums the input elements of every ``aten::_to_copy``.
+    """
+    cfg, model, batch, dtype = _inference_setup(args)
+    device = cfg.MODEL.DEVICE
+    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        model(batch)  # text embeddings and other caches are filled once, not per forward
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            model(batch)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+
+    def nested(e) -> bool:
+        parent = e.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    counts = {}
+    for e in events:
+        counts[e.name] = counts.get(e.name, 0) + 1
+    cast_elements = 0
+    for e in events:
+        if e.name == "aten::_to_copy" and e.input_shapes and e.input_shapes[0]:
+            cast_elements += int(np.prod(e.input_shapes[0]))
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[: args.top]
+    return {
+        "benchmark": "operators",
+        "config": args.config_file,
+        "overrides": list(args.opts),
+        "device": _device_name(device),
+        "path": "sliding window" if args.sliding else "whole image",
+        "precision": args.precision,
+        "classes": len(model.vocabulary),
+        "aten_calls": len(events),
+        "top_level_calls": sum(1 for e in events if not nested(e)),
+        **{name.replace("aten::", "") + "_calls": counts.get(name, 0) for name in CAST_OPS},
+        "cast_elements": cast_elements,
+        "most_called": dict(top),
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("train", "inference"):
+    for name in ("train", "inference", "ops"):
         p = sub.add_parser(name)
         p.add_argument("--config-file", required=True)
-        p.add_argument("--warmup", type=int, default=10, help="untimed iterations/runs first")
         p.add_argument("--output", default="", help="append the JSON result to this file")
         if name == "train":
+            p.add_argument("--warmup", type=int, default=10, help="untimed iterations first")
             p.add_argument("--iters", type=int, default=40)
         else:
-            p.add_argument("--runs", type=int, default=20)
             p.add_argument("--sliding", action="store_true")
             p.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
             p.add_argument("--classes", type=int, default=150)
+        if name == "inference":
+            p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
+            p.add_argument("--runs", type=int, default=20)
             p.add_argument("--profile", default="", help="write a profile of one run to this file")
+        if name == "ops":
+            p.add_argument("--top", type=int, default=15, help="list this many of the most called operators")
         p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    if args.warmup < 0:
+    if getattr(args, "warmup", 0) < 0:
         parser.error(f"--warmup {args.warmup} must be 0 or more")
     if args.command == "train" and args.iters <= args.warmup:
         parser.error(
@@ -200,7 +265,8 @@ def main(argv=None) -> None:
         )
     if args.command == "inference" and args.runs < 1:
         parser.error(f"--runs {args.runs}: time at least one run")
-    result = bench_train(args) if args.command == "train" else bench_inference(args)
+    run = {"train": bench_train, "inference": bench_inference, "ops": count_operators}[args.command]
+    result = run(args)
     line = json.dumps(result)
     print(line)
     if args.output:
