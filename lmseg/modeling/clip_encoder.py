@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .execution import run_checkpointed
+
 logger = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("none", "attention_qv", "attention", "full")
@@ -182,6 +184,8 @@ class ClipEncoder(nn.Module):
         self.image_size = image_size
         self.guidance_layers = tuple(guidance_layers)
         self.text_batch_size = text_batch_size
+        # recompute each visual block's activations in backward instead of storing them (set by LMSeg)
+        self.checkpoint_activations = False
 
         visual = model.visual
         self.patch_size = visual.conv1.kernel_size[0]
@@ -257,7 +261,7 @@ class ClipEncoder(nn.Module):
         blocks = visual.transformer.resblocks
         guidance = []
         for i, block in enumerate(blocks[:-1]):
-            x = _block_forward(block, x)
+            x = run_checkpointed(self.checkpoint_activations, _block_forward, block, x)
             if i in self.guidance_layers:
                 guidance.append(self._tokens_to_map(x, grid))
         x = _block_forward_values(blocks[-1], x)
