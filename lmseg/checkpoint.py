@@ -25,6 +25,7 @@ _PART_NAMES = {
     "fusion": "fusion",
 }
 _COST_KERNEL = "cost_embed.conv.weight"
+_APPEARANCE_KERNEL = "aggregator.appearance_guidance.0.weight"
 
 
 class LMSegCheckpointer(DetectionCheckpointer):
@@ -105,7 +106,12 @@ def load_catseg_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> No
     * the SAM encoder and the fusion, which CAT-Seg lacks, keep what the model was built with
       (SAM's pretrained MODEL.SAM.CHECKPOINT, the fusion's own initialisation);
     * with P > 1 prompts per class, CAT-Seg's one-prompt cost embedding kernel is divided by P and
-      repeated over the P inputs (bias kept), so that P identical prompts give CAT-Seg's embedding.
+      repeated over the P inputs (bias kept), so that P identical prompts give CAT-Seg's embedding;
+    * with the weighted fusion, whose SAM projection starts at zero, the features start as
+      ``w * F_clip``: the cost volume (a cosine) is blind to w, but the appearance guidance's
+      convolution is not, so its kernel is divided by w (per input channel). The model then starts
+      from CAT-Seg's outputs (exactly for w = 0.5, a power of two) and learns SAM's contribution
+      from there.
 
     The log says which part came from where. Anything else that does not fit raises a
     :class:`~lmseg.catseg.CatSegFormatError` naming the tensors.
@@ -137,6 +143,10 @@ def load_catseg_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> No
         raise CatSegFormatError(
             "the CAT-Seg checkpoint does not fit this model: tensors of other shapes: " + ", ".join(mismatched)
         )
+    weight = model.fusion.weight if hasattr(model, "fusion") else None
+    if weight is not None:
+        kernel = converted[_APPEARANCE_KERNEL]  # (out, C, k, k)
+        converted[_APPEARANCE_KERNEL] = kernel / weight.detach().to(kernel).view(1, -1, 1, 1)
     result = model.load_state_dict(converted, strict=False)
     assert not result.unexpected_keys and all(k.startswith(_OWN_PARTS) for k in result.missing_keys)
 
@@ -151,4 +161,10 @@ def load_catseg_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> No
         lines.append(f"SAM image encoder: kept as built, from {model.sam.weights_source} (MODEL.SAM.CHECKPOINT)")
     if any(k.startswith("fusion.") for k in target):
         lines.append(f"fusion ({model.fusion.mode}): kept as built, its own initialisation")
+    if weight is not None:
+        w = ", ".join(f"{v:.4g}" for v in weight.detach().flatten().unique().tolist())
+        lines.append(
+            f"aggregator appearance guidance: CAT-Seg's kernel divided by the fusion weight w = {w}, which "
+            "scales CLIP's features while SAM's projection is zero, so that the model starts from CAT-Seg's outputs"
+        )
     logger.info("\n  ".join(lines))

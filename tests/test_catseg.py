@@ -22,9 +22,7 @@ import catseg_reference as ref
 from lmseg.config import get_lmseg_cfg
 from lmseg.catseg import CatSegFormatError, convert_catseg_to_lmseg, convert_lmseg_to_catseg
 from lmseg.checkpoint import LMSegCheckpointer, load_weights
-from lmseg.modeling.cost import cost_volume
 from lmseg.modeling.sam_encoder import SamEncoder
-from lmseg.modeling.sliding import whole_image_boxes
 
 from model_helpers import REPO
 
@@ -305,7 +303,8 @@ def test_convert_tool_messages(checkpoints, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------
 # LMSeg started from a CAT-Seg checkpoint
 # ------------------------------------------------------------------------------------------
-def test_lmseg_with_sam_and_three_prompts_starts_from_catseg(catseg_model, checkpoints, tmp_path, caplog):
+@pytest.mark.parametrize("weight_init,per_channel", [("0.5", "False"), ("0.3", "True")])
+def test_lmseg_with_sam_and_three_prompts_starts_from_catseg(catseg_model, checkpoints, tmp_path, caplog, weight_init, per_channel):
     ck = checkpoints["B"]
     torch.manual_seed(0)
     sam_file = tmp_path / "sam_tiny.pth"
@@ -315,6 +314,7 @@ def test_lmseg_with_sam_and_three_prompts_starts_from_catseg(catseg_model, check
         "B", ck["arch"],
         "MODEL.SAM.ENABLED", "True", "MODEL.SAM.TYPE", "tiny", "MODEL.SAM.INPUT_SIZE", "128",
         "MODEL.SAM.CHECKPOINT", str(sam_file), "MODEL.FUSION.MODE", "weighted",
+        "MODEL.FUSION.WEIGHT_INIT", weight_init, "MODEL.FUSION.PER_CHANNEL", per_channel,
         "MODEL.PROMPTS.TEMPLATES", str([template] * 3),
     )
     model = build_model(cfg)
@@ -328,21 +328,22 @@ def test_lmseg_with_sam_and_three_prompts_starts_from_catseg(catseg_model, check
     assert "CAT-Seg checkpoint" in log and "CLIP image and text towers" in log and "aggregator" in log
     assert f"SAM image encoder: kept as built, from {sam_file}" in log
     assert "fusion (weighted): kept as built" in log and "divided by 3" in log
+    assert f"divided by the fusion weight w = {float(weight_init):.4g}" in log
     sam_saved = torch.load(sam_file, weights_only=True)
     assert all(torch.equal(model.sam.encoder.state_dict()[k], v) for k, v in sam_saved.items())
     assert all(torch.equal(model.fusion.state_dict()[k], v) for k, v in fusion_before.items())
+    assert model.fusion.weight.shape == ((64,) if per_channel == "True" else (1,))
 
+    # Step 0 computes CAT-Seg: the same outputs as the CAT-Seg mode on the same weights, on both
+    # inference paths, although SAM runs and the features fed to the aggregator are w * F_clip.
     single = catseg_model("B")
     for m in (model, single):
         m.set_vocabulary(NAMES)
-    image = _image(384, 384, seed=4).float()[None]
-    with torch.no_grad():
-        dense, _ = single.clip.encode_image(single._clip_views(image))
-        expected = single.cost_embed(cost_volume(single.fusion(dense, None), single.text_embeddings()))
-        dense, _ = model.clip.encode_image(model._clip_views(image))
-        sam = model._sam_maps(model._sam_features(image), whole_image_boxes(1, model.device))
-        text = model.text_embeddings()
-        assert text.shape[1] == 3
-        got = model.cost_embed(cost_volume(model.fusion(dense, sam), text))
-    assert expected.abs().max() > 0.1
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    batch = [{"image": _image(384, 512, seed=4), "height": 300, "width": 400}]
+    for sliding in (False, True):
+        model.sliding_window = single.sliding_window = sliding
+        with torch.no_grad():
+            got, expected = model(batch)[0]["sem_seg"], single(batch)[0]["sem_seg"]
+        assert expected.std() > 0.02
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    single.sliding_window = True

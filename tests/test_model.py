@@ -5,6 +5,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
+from lmseg.modeling import FUSION_MODES
 from lmseg.modeling.summary import parameter_summary
 
 from model_helpers import VOCAB, eval_batch, scores, tiny_cfg, tiny_model, train_batch
@@ -234,6 +235,41 @@ def test_ablation_settings_train_and_infer(opts):
     model(train_batch())["loss_sem_seg"].backward()
     model.eval()
     assert scores(model, eval_batch())[0].shape == (len(VOCAB), 90, 120)
+
+
+@pytest.mark.parametrize("mode", FUSION_MODES)
+@pytest.mark.parametrize("cap", ["32", "3"])  # the vocabulary of 5 below and above the class cap
+def test_every_trainable_weight_gets_a_finite_sensible_gradient_at_the_start(mode, cap):
+    # What multi-process training needs (a gradient for every trainable weight, in every step) and
+    # what a first step needs (no weight's gradient so large that full-model clipping, at
+    # SOLVER.CLIP_GRADIENTS.CLIP_VALUE 0.01, leaves every other weight without an update).
+    opts = ["MODEL.FUSION.MODE", mode, "MODEL.SAM.ENABLED", str(mode != "clip_only"), "MODEL.LMSEG.CLASS_CAP", cap]
+    model = tiny_model(*opts, eval=False)
+    loss = model(train_batch())["loss_sem_seg"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    norms = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name} is trainable but takes no part in the loss"
+            norms[name] = p.grad.norm().item()
+    total = sum(v * v for v in norms.values()) ** 0.5
+    assert 0.1 < total < 20.0, total
+    # the new parts all learn from the first step
+    for part in ("fusion.sam_proj.weight", "aggregator.appearance_guidance.0.weight", "decoder.head.weight"):
+        if part in norms:
+            assert norms[part] > 1e-4, (part, norms[part])
+    assert mode == "clip_only" or "fusion.sam_proj.weight" in norms
+
+
+def test_sam_only_trains_only_the_clip_weights_that_reach_the_output():
+    model = tiny_model("MODEL.FUSION.MODE", "sam_only", "MODEL.CLIP.FINETUNE", "full", eval=False)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and n.startswith("clip.model.visual.")}
+    # the tiny CLIP has 3 blocks, guidance after blocks 0 and 1: block 2, ln_post and proj only make
+    # the dense features, which sam_only does not use
+    assert trained and not any(n.startswith(("clip.model.visual.transformer.resblocks.2.", "clip.model.visual.ln_post",
+                                             "clip.model.visual.proj")) for n in trained)
+    assert "clip.model.visual.transformer.resblocks.1.attn.v_proj_weight" in trained
 
 
 def test_bfloat16_autocast_inference_on_cpu():

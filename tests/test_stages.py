@@ -91,6 +91,9 @@ def test_crop_and_resize_full_box_is_bilinear_resize():
     torch.testing.assert_close(out[:1], expected)
     # the top-left quarter of a 16 x 16 map sampled at 8 x 8 is that quarter itself
     torch.testing.assert_close(out[1], feats[0, :, :8, :8])
+    # upsampled too, the border cells are held, not blended with zeros
+    up = crop_and_resize(feats, boxes[:1], 40)
+    torch.testing.assert_close(up, torch.nn.functional.interpolate(feats[1:], size=(40, 40), mode="bilinear", align_corners=False))
 
 
 def test_prompts_templates_and_descriptions():

@@ -223,12 +223,13 @@ class ClassAggregation(nn.Module):
         q, k = (_guided_linear(layer, y.view(n, ph * pw, t, d), g).view(m, t, heads, -1) for layer in (self.q, self.k))
         v = self.v(y).view(m, t, heads, -1)
         # The pad tokens are the same at every position and their outputs are discarded: only
-        # their keys and values matter, and they enter once, weighted by their number.
-        extra = None
-        if t < self.pad_to:
-            pad = self.norm1(self.padding_tokens.to(tokens.dtype)).view(1, d)
-            pad_g = torch.cat([pad, self.padding_guidance.to(pad.dtype).view(1, -1)], dim=-1)
-            extra = (self.k(pad_g).view(heads, -1), self.v(pad).view(heads, -1), self.pad_to - t)
+        # their keys and values matter, and they enter once, weighted by their number. At a full
+        # class count that number is 0: they still enter (adding exact zeros), so that their
+        # weights get a (zero) gradient in every step, which multi-process training requires of
+        # every trainable weight whatever the vocabulary size.
+        pad = self.norm1(self.padding_tokens.to(tokens.dtype)).view(1, d)
+        pad_g = torch.cat([pad, self.padding_guidance.to(pad.dtype).view(1, -1)], dim=-1)
+        extra = (self.k(pad_g).view(heads, -1), self.v(pad).view(heads, -1), max(self.pad_to - t, 0))
         tokens = tokens + linear_attention(q, k, v, extra).reshape(m, t, d)
         tokens = tokens + self.mlp(self.norm2(tokens))
 

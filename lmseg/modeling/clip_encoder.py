@@ -18,7 +18,7 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import open_clip
 import torch
@@ -163,6 +163,9 @@ class ClipEncoder(nn.Module):
         image_size: square input resolution used inside LMSeg.
         guidance_layers: 0-based visual blocks whose residual stream is returned as guidance.
         finetune: one of :data:`FINETUNE_MODES`.
+        dense: whether the dense features are needed. Without them (the ``sam_only`` fusion) the
+            image tower runs only up to the last guidance layer, and the weights after it, which
+            then take no part in the output, do not train.
     """
 
     def __init__(
@@ -174,6 +177,7 @@ class ClipEncoder(nn.Module):
         guidance_layers: Sequence[int],
         finetune: str = "attention_qv",
         text_batch_size: int = 1024,
+        dense: bool = True,
     ):
         super().__init__()
         for blocks in (model.visual.transformer.resblocks, model.transformer.resblocks):
@@ -184,6 +188,7 @@ class ClipEncoder(nn.Module):
         self.image_size = image_size
         self.guidance_layers = tuple(guidance_layers)
         self.text_batch_size = text_batch_size
+        self.dense = dense
         # recompute each visual block's activations in backward instead of storing them (set by LMSeg)
         self.checkpoint_activations = False
 
@@ -216,12 +221,21 @@ class ClipEncoder(nn.Module):
         """Set which CLIP weights train (``requires_grad``); see :data:`FINETUNE_MODES`."""
         if mode not in FINETUNE_MODES:
             raise ValueError(f"MODEL.CLIP.FINETUNE={mode!r} is not one of {FINETUNE_MODES}")
-        last_visual_attn = f"visual.transformer.resblocks.{len(self.model.visual.transformer.resblocks) - 1}.attn."
-        # Weights the forward pass never uses cannot train: the query and key of the value-only
-        # last visual block, and the contrastive logit scale.
+        depth = len(self.model.visual.transformer.resblocks)
+        last_visual_attn = f"visual.transformer.resblocks.{depth - 1}.attn."
+        # Weights the forward pass never uses cannot train (and would stall multi-process training,
+        # where every trainable weight must get a gradient): the query and key of the value-only
+        # last visual block, the contrastive logit scale, and without dense features every image
+        # weight after the last guidance layer.
         unused = {last_visual_attn + "q_proj_weight", last_visual_attn + "k_proj_weight", "logit_scale"}
         if getattr(self.model, "logit_bias", None) is not None:
             unused.add("logit_bias")
+        unused_prefixes = ()
+        if not self.dense:
+            after = range(max(self.guidance_layers, default=-1) + 1, depth)
+            unused_prefixes = tuple(f"visual.transformer.resblocks.{i}." for i in after)
+            unused_prefixes += ("visual.ln_post.",)
+            unused.add("visual.proj")
         for name, param in self.model.named_parameters():
             if mode == "full":
                 train = True
@@ -231,7 +245,7 @@ class ClipEncoder(nn.Module):
                 train = name.endswith(("attn.q_proj_weight", "attn.v_proj_weight"))
             else:
                 train = False
-            param.requires_grad_(train and name not in unused)
+            param.requires_grad_(train and name not in unused and not name.startswith(unused_prefixes))
 
     def text_parameters(self) -> List[nn.Parameter]:
         """The parameters that decide text embeddings (used to key the text cache)."""
@@ -241,11 +255,12 @@ class ClipEncoder(nn.Module):
         return params
 
     # ----------------------------------------------------------------------------------- image
-    def encode_image(self, images: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def encode_image(self, images: torch.Tensor) -> Tuple[Optional[torch.Tensor], List[torch.Tensor]]:
         """Dense features and guidance of normalised images (N, 3, S, S), S = ``image_size``.
 
         Returns:
-            dense: (N, embed_dim, g, g), g = S / patch size; not normalised.
+            dense: (N, embed_dim, g, g), g = S / patch size; not normalised. None when the
+                encoder was built without dense features.
             guidance: one (N, width, g, g) residual stream per guidance layer.
         """
         visual = self.model.visual
@@ -259,11 +274,15 @@ class ClipEncoder(nn.Module):
         x = visual.ln_pre(x)
 
         blocks = visual.transformer.resblocks
+        # without dense features, the blocks after the last guidance layer are not needed
+        stop = len(blocks) - 1 if self.dense else max(self.guidance_layers, default=-1) + 1
         guidance = []
-        for i, block in enumerate(blocks[:-1]):
+        for i, block in enumerate(blocks[:stop]):
             x = run_checkpointed(self.checkpoint_activations, _block_forward, block, x)
             if i in self.guidance_layers:
                 guidance.append(self._tokens_to_map(x, grid))
+        if not self.dense:
+            return None, guidance
         x = _block_forward_values(blocks[-1], x)
         x = visual.ln_post(x) @ visual.proj  # (N, 1 + g*g, embed_dim)
         return self._tokens_to_map(x, grid), guidance
@@ -322,6 +341,7 @@ def build_clip_encoder(
     guidance_layers: Sequence[int] = (3, 7),
     finetune: str = "attention_qv",
     text_batch_size: int = 1024,
+    dense: bool = True,
 ) -> ClipEncoder:
     """Build a :class:`ClipEncoder` from an open_clip architecture name and pretrained tag/file."""
     if name not in open_clip.list_models() and name not in _own_configs():
@@ -353,4 +373,5 @@ def build_clip_encoder(
         guidance_layers=guidance_layers,
         finetune=finetune,
         text_batch_size=text_batch_size,
+        dense=dense,
     )

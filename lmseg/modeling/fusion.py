@@ -1,9 +1,12 @@
 """Fusion of CLIP's dense features with SAM's, after projecting SAM's to CLIP's width.
 
 LMSeg's choice is the learnable weighted sum ``F = w * F_clip + (1 - w) * F_sam``; the other modes
-are the ablations of the paper. The SAM projection starts at zero, so a new model starts out
-computing exactly what the CLIP-only model computes (the cost volume is a cosine, blind to the
-factor w), and SAM's contribution is learned from there.
+are the ablations of the paper. Where SAM's features are combined with CLIP's, the SAM projection
+starts at zero, so that a new model starts from CLIP's features alone (``F = w * F_clip`` in the
+weighted sum: the cost volume is a cosine, blind to w, and a model started from a CAT-Seg checkpoint
+has its appearance guidance compensated for w, see :func:`lmseg.checkpoint.load_catseg_state`) and
+SAM's contribution is learned from there. In ``sam_only`` the projection is all there is: it keeps
+PyTorch's default initialisation, since all-zero features would make the cosine cost volume 0/0.
 """
 from __future__ import annotations
 
@@ -46,8 +49,9 @@ class FeatureFusion(nn.Module):
         if mode == "clip_only":
             return
         self.sam_proj = nn.Conv2d(sam_dim, clip_dim, kernel_size=1)
-        nn.init.zeros_(self.sam_proj.weight)
-        nn.init.zeros_(self.sam_proj.bias)
+        if mode != "sam_only":
+            nn.init.zeros_(self.sam_proj.weight)
+            nn.init.zeros_(self.sam_proj.bias)
         if mode == "weighted":
             if not 0.0 < weight_init < 1.0:
                 raise ValueError(f"MODEL.FUSION.WEIGHT_INIT={weight_init} must lie strictly between 0 and 1")
@@ -106,7 +110,9 @@ def crop_and_resize(features: torch.Tensor, boxes: torch.Tensor, size: int) -> t
         size: output side.
 
     Returns:
-        (M, C, size, size); the sampling points are the centres of the output cells.
+        (M, C, size, size); the sampling points are the centres of the output cells. Within half a
+        cell of the map's border, values are those of the border cells (as bilinear resizing with
+        ``F.interpolate`` does), not blended with zeros.
     """
     idx = boxes[:, 0].long()
     x0, y0, x1, y1 = boxes[:, 1:].to(features.dtype).unbind(1)
@@ -115,4 +121,4 @@ def crop_and_resize(features: torch.Tensor, boxes: torch.Tensor, size: int) -> t
     gx = (x0[:, None] + (x1 - x0)[:, None] * steps) * 2 - 1  # (M, size)
     gy = (y0[:, None] + (y1 - y0)[:, None] * steps) * 2 - 1
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (M, size, size, 2)
-    return F.grid_sample(features[idx], grid, mode="bilinear", align_corners=False)
+    return F.grid_sample(features[idx], grid, mode="bilinear", padding_mode="border", align_corners=False)

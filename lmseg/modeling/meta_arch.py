@@ -72,6 +72,7 @@ class LMSeg(nn.Module):
         sliding_window_size: int = 384,
         sliding_overlap: float = 0.333,
         sliding_global_weight: float = 0.5,
+        sam_per_window: bool = False,
         vocabulary: Sequence[str] = (),
         activation_checkpointing: Sequence[str] = (),
         compile_inference: bool = False,
@@ -110,6 +111,7 @@ class LMSeg(nn.Module):
         self.size_divisibility = size_divisibility
         self.keep_padding = keep_padding
         self.sliding_window = sliding_window
+        self.sam_per_window = sam_per_window
         if vocabulary:
             self.set_vocabulary(vocabulary)
         log_parameter_summary(self)
@@ -127,6 +129,7 @@ class LMSeg(nn.Module):
             guidance_layers=cfg.MODEL.CLIP.GUIDANCE_LAYERS,
             finetune=cfg.MODEL.CLIP.FINETUNE,
             text_batch_size=cfg.MODEL.CLIP.TEXT_BATCH_SIZE,
+            dense=cfg.MODEL.FUSION.MODE != "sam_only",
         )
         sam = None
         if sam_enabled:
@@ -197,6 +200,7 @@ class LMSeg(nn.Module):
             "sliding_window_size": cfg.TEST.SLIDING_WINDOW_SIZE,
             "sliding_overlap": cfg.TEST.SLIDING_OVERLAP,
             "sliding_global_weight": cfg.TEST.SLIDING_GLOBAL_WEIGHT,
+            "sam_per_window": cfg.TEST.SAM_PER_WINDOW,
             "vocabulary": _initial_vocabulary(cfg),
             "activation_checkpointing": cfg.MODEL.LMSEG.ACTIVATION_CHECKPOINTING,
             "compile_inference": cfg.TEST.COMPILE,
@@ -414,13 +418,19 @@ class LMSeg(nn.Module):
     ) -> List[Dict[str, torch.Tensor]]:
         """Windows over the image resized to a square grid, averaged with a whole-image view.
 
-        All views of all images run as one batch; SAM runs once per image on the whole image and
-        each view takes its area of SAM's feature map.
+        All views of all images run as one batch. SAM runs once per image on the whole image and
+        each view takes its area of SAM's feature map; or, with ``sam_per_window``, once per view,
+        each window resized to SAM's input size on its own (the whole-image view sees the image).
         """
         windows = self.windows
-        clip_views = self._clip_views(torch.cat([windows.views(image) for image in images]))
+        views = torch.cat([windows.views(image) for image in images])  # (images * views, 3, s, s)
+        clip_views = self._clip_views(views)
         sam = None
-        if self.sam is not None:
+        if self.sam is not None and self.sam_per_window:
+            per_image = views.split(windows.num_views)
+            sam_inputs = [v for image, own in zip(images, per_image) for v in (*own[:-1], image)]
+            sam = self._sam_maps(self._sam_features(sam_inputs), whole_image_boxes(len(sam_inputs), self.device))
+        elif self.sam is not None:
             sam = self._sam_maps(self._sam_features(images), windows.boxes(len(images), self.device))
         logits = self._predict(clip_views, sam, text)  # (images * views, T, h, w)
 

@@ -1,0 +1,184 @@
+"""SAM's branch checked by values: what SAM receives, which part of its features each view takes,
+and that a non-zero SAM projection reaches the outputs the same way on every inference path."""
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import ImageEncoderViT
+from torch import nn
+
+from lmseg.modeling.sam_encoder import SamEncoder
+
+from model_helpers import VOCAB, eval_batch, scores, tiny_model, train_batch
+
+# SAM's published normalisation (0-255 RGB)
+SAM_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+SAM_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+SAM_INPUT = 128  # MODEL.SAM.INPUT_SIZE of configs/tiny.yaml
+
+
+def _sam_input(image: torch.Tensor) -> torch.Tensor:
+    """What SAM must receive for a 0-255 image (3, H, W): resized to its input size, normalised."""
+    x = F.interpolate(image[None].float(), size=(SAM_INPUT, SAM_INPUT), mode="bilinear", align_corners=False)[0]
+    return (x - SAM_MEAN) / SAM_STD
+
+
+class PositionSam(nn.Module):
+    """Stands in for SAM: channels 0 and 1 of its (N, 32, 8, 8) map hold the x and y of each cell's
+    centre, relative to SAM's input; channel 2 the mean of the input, which tells images apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.input_size = SAM_INPUT
+        self.grid = SAM_INPUT // 16
+        self.inputs = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x)
+        g = self.grid
+        centres = (torch.arange(g, dtype=x.dtype) + 0.5) / g
+        out = x.new_zeros(x.shape[0], 32, g, g)
+        out[:, 0] = centres.view(1, 1, g)
+        out[:, 1] = centres.view(1, g, 1)
+        out[:, 2] = x.mean(dim=(1, 2, 3)).view(-1, 1, 1)
+        return out
+
+
+def _sam_maps_seen_by_fusion(model, batch):
+    """The SAM features (views, C_sam, g, g) the fusion receives in one inference call."""
+    seen = []
+    hook = model.fusion.register_forward_hook(lambda m, args, out: seen.append(args[1]))
+    try:
+        scores(model, batch)
+    finally:
+        hook.remove()
+    assert len(seen) == 1
+    return seen[0]
+
+
+def _expected_positions(area, n: int, sam_grid: int) -> torch.Tensor:
+    """x (or y) of the n sampling points across a view covering [a0, a1] of the image: cell centres,
+    held at SAM's first and last cell centre within half a cell of the border."""
+    a0, a1 = area
+    points = a0 + (a1 - a0) * (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    return points.clamp(0.5 / sam_grid, 1 - 0.5 / sam_grid)
+
+
+def test_sam_receives_the_image_resized_and_normalised_on_every_path():
+    model = tiny_model()
+    captured = []
+    model.sam.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    batch = eval_batch(num_images=2, hw=(72, 96))
+    scores(model, batch)  # whole image
+    model.sliding_window = True
+    scores(model, batch)  # sliding windows, SAM once per image
+    model.train()
+    train = train_batch(num_images=2, size=64)
+    model(train)
+    expected = torch.stack([_sam_input(x["image"]) for x in batch])
+    torch.testing.assert_close(captured[0], expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(captured[1], expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(captured[2], torch.stack([_sam_input(x["image"]) for x in train]), rtol=0, atol=1e-4)
+
+
+def test_sam_per_window_sees_each_window_at_its_input_size():
+    model = tiny_model("TEST.SLIDING_WINDOW", "True", "TEST.SAM_PER_WINDOW", "True")
+    captured = []
+    model.sam.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    image = eval_batch(hw=(72, 96))[0]["image"]
+    scores(model, [{"image": image}])
+    windows = model.windows
+    grid = F.interpolate(image[None].float(), size=(windows.grid, windows.grid), mode="bilinear", align_corners=False)[0]
+    s = windows.window
+    expected = [_sam_input(grid[:, y : y + s, x : x + s]) for y, x in windows.offsets] + [_sam_input(image)]
+    assert len(windows.offsets) == 4
+    torch.testing.assert_close(captured[0], torch.stack(expected), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_each_view_takes_the_sam_features_of_its_own_area(sliding):
+    model = tiny_model("TEST.SLIDING_WINDOW", str(sliding))
+    model.sam = PositionSam()
+    batch = eval_batch(num_images=2, hw=(72, 96))
+    maps = _sam_maps_seen_by_fusion(model, batch)
+    n, sam_grid = model.clip.grid_size, model.sam.grid
+    areas = model.windows.areas() if sliding else [(0.0, 0.0, 1.0, 1.0)]
+    assert maps.shape == (2 * len(areas), 32, n, n)
+    for i, item in enumerate(batch):
+        image_mean = _sam_input(item["image"]).mean()
+        for k, (x0, y0, x1, y1) in enumerate(areas):
+            view = maps[i * len(areas) + k]
+            xs, ys = _expected_positions((x0, x1), n, sam_grid), _expected_positions((y0, y1), n, sam_grid)
+            torch.testing.assert_close(view[0], xs.view(1, n).expand(n, n), rtol=0, atol=1e-6)
+            torch.testing.assert_close(view[1], ys.view(n, 1).expand(n, n), rtol=0, atol=1e-6)
+            torch.testing.assert_close(view[2], image_mean.expand(n, n), rtol=0, atol=1e-5)
+
+
+def test_whole_image_and_sliding_paths_agree_on_the_whole_view():
+    model = tiny_model()
+    model.sam = PositionSam()
+    batch = eval_batch(num_images=2, hw=(72, 96))
+    whole = _sam_maps_seen_by_fusion(model, batch)
+    model.sliding_window = True
+    sliding = _sam_maps_seen_by_fusion(model, batch)
+    per_image = model.windows.num_views
+    # the last view of each image in the sliding path is the whole image, as in the whole-image path
+    torch.testing.assert_close(sliding[per_image - 1 :: per_image], whole, rtol=0, atol=0)
+    # windows side by side cover the image: the left windows start at its left edge, the right ones end at its right
+    left, right = sliding[0, 0], sliding[1, 0]
+    assert left[:, 0].max() < right[:, 0].min() and right[:, -1].max() == whole[0, 0, :, -1].max()
+
+
+def _with_sam_projection(*opts):
+    model = tiny_model(*opts)
+    torch.manual_seed(1)
+    nn.init.normal_(model.fusion.sam_proj.weight, std=0.5)
+    nn.init.normal_(model.fusion.sam_proj.bias, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("opts", [(), ("TEST.SLIDING_WINDOW", "True"), ("TEST.SLIDING_WINDOW", "True", "TEST.SAM_PER_WINDOW", "True")])
+def test_a_non_zero_sam_projection_reaches_the_outputs_image_by_image(opts):
+    model = _with_sam_projection(*opts)
+    batch = eval_batch(num_images=3)
+    together = scores(model, batch)
+    for item, expected in zip(batch, together):
+        torch.testing.assert_close(scores(model, [item])[0], expected, rtol=1e-5, atol=1e-6)
+    without_sam = tiny_model(*opts)
+    assert not torch.allclose(scores(without_sam, batch)[0], together[0], atol=1e-3)
+    assert together[0].shape == (len(VOCAB), 90, 120)
+
+
+def test_sam_per_window_changes_only_the_sliding_path():
+    fast = _with_sam_projection("TEST.SLIDING_WINDOW", "True")
+    per_window = _with_sam_projection("TEST.SLIDING_WINDOW", "True", "TEST.SAM_PER_WINDOW", "True")
+    batch = eval_batch()
+    assert not torch.allclose(scores(fast, batch)[0], scores(per_window, batch)[0], atol=1e-4)
+    fast.sliding_window = per_window.sliding_window = False
+    torch.testing.assert_close(scores(fast, batch)[0], scores(per_window, batch)[0], rtol=0, atol=0)
+
+
+def test_sam_position_embedding_and_tables_are_resized_for_another_input_size():
+    # At 128 px the tiny SAM (built at 64) must compute what segment_anything's own encoder built at
+    # 128 computes with the bicubically resized position embedding and the linearly resized
+    # relative position tables of its global block.
+    torch.manual_seed(0)
+    ours = SamEncoder("tiny", input_size=128).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.2)
+    ref = ImageEncoderViT(img_size=128, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=4,
+                          global_attn_indexes=(1,), out_chans=32, use_rel_pos=True, qkv_bias=True,
+                          norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
+    state = dict(ours.encoder.state_dict())
+    pos = state["pos_embed"].permute(0, 3, 1, 2)  # (1, C, 4, 4)
+    state["pos_embed"] = F.interpolate(pos, size=(8, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    for axis in ("h", "w"):
+        table = state[f"blocks.1.attn.rel_pos_{axis}"]  # (2 * 4 - 1, head width)
+        table = F.interpolate(table.T[None], size=2 * 8 - 1, mode="linear")[0].T
+        state[f"blocks.1.attn.rel_pos_{axis}"] = table
+    ref.load_state_dict(state)
+    images = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), ref(images), rtol=1e-5, atol=1e-5)
