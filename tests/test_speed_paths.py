@@ -204,3 +204,55 @@ def test_evaluation_computes_text_embeddings_once_per_benchmark(tmp_path):
     model.clip.encode_text = lambda texts: calls.append(len(texts)) or encode(texts)
     Trainer.test(cfg, model)
     assert calls == [3]  # one text pass for the benchmark's 3 classes, not one per image
+
+
+def test_benchmark_table_and_operator_counts_on_the_cpu(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from model_helpers import REPO
+
+    table = tmp_path / "table.md"
+    proc = subprocess.run(
+        [sys.executable, "tools/benchmark.py", "table", "--markdown", str(table), "--configs", TINY_CONFIG,
+         "--classes", "3", "--paths", "whole,sliding", "--precisions", "float32", "--sam", "on,off",
+         "--warmup", "0", "--runs", "1", "--train-configs", TINY_CONFIG, "--train-amp", "off",
+         "--train-checkpointing", "none,sam+decoder", "--iters", "2", "--train-warmup", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = table.read_text()
+    assert "- device: CPU" in text and "- commit: " in text and "--train-checkpointing none,sam+decoder" in text
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")][2:]
+    assert [(r[0], r[2], r[3]) for r in rows[:4]] == [
+        ("inference", "on", "whole"), ("inference", "on", "sliding"), ("inference", "off", "whole"), ("inference", "off", "sliding")
+    ]
+    assert [(r[0], r[3], r[6], r[7]) for r in rows[4:]] == [("train", "crop 64", "none", "2"), ("train", "crop 64", "sam+decoder", "2")]
+    assert all(float(r[8]) > 0 for r in rows)
+
+    ops = tmp_path / "ops.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "tools/benchmark.py", "ops", "--config-file", TINY_CONFIG, "--precision", "bfloat16",
+         "--classes", "3", "--output", str(ops)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(ops.read_text())
+    assert counts["precision"] == "bfloat16" and counts["classes"] == 3
+    assert 0 < counts["_to_copy_calls"] <= counts["to_calls"] and 0 < counts["top_level_calls"] < counts["aten_calls"]
+    assert counts["most_called"]
+
+
+def test_benchmark_table_refuses_unknown_settings_up_front():
+    import subprocess
+    import sys
+
+    from model_helpers import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "tools/benchmark.py", "table", "--markdown", "x.md", "--train-checkpointing", "all,encoder"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "--train-checkpointing encoder: ['encoder'] not among" in proc.stderr
+    assert "Traceback" not in proc.stderr

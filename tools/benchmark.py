@@ -447,7 +447,7 @@ def main(argv=None) -> None:
     result = run(args)
     line = json.dumps(result)
     print(line)
-    if args.output:
+    if getattr(args, "output", ""):
         with open(args.output, "a") as f:
             f.write(line + "\n")
 
