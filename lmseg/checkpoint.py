@@ -110,8 +110,7 @@ def load_catseg_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> No
     * with the weighted fusion, whose SAM projection starts at zero, the features start as
       ``w * F_clip``: the cost volume (a cosine) is blind to w, but the appearance guidance's
       convolution is not, so its kernel is divided by w (per input channel). The model then starts
-      from CAT-Seg's outputs (exactly for w = 0.5, a power of two) and learns SAM's contribution
-      from there.
+      from CAT-Seg's outputs (to float rounding) and learns SAM's contribution from there.
 
     The log says which part came from where. Anything else that does not fit raises a
     :class:`~lmseg.catseg.CatSegFormatError` naming the tensors.

@@ -129,6 +129,12 @@ def _add_model_config(cfg: CN) -> None:
     # Spatial average pooling before class attention, in training and at inference.
     cfg.MODEL.AGGREGATOR.POOLING = [2, 2]
     cfg.MODEL.AGGREGATOR.TEST_POOLING = [1, 1]
+    # The two branches of every layer, for the ablations: SPATIAL the Swin blocks over each class's
+    # grid (with the appearance guidance), CLASS the linear attention across classes (with the text
+    # guidance). False leaves the branch (and its guidance projection) out of the model; both False
+    # pass the cost embedding to the decoder unchanged.
+    cfg.MODEL.AGGREGATOR.SPATIAL = True
+    cfg.MODEL.AGGREGATOR.CLASS = True
 
     cfg.MODEL.DECODER = CN()
     # Output channels of the upsampling stages (each doubles the resolution).

@@ -29,6 +29,8 @@ def test_ablations_cover_fusion_modes_sam_off_and_finetuning():
     assert {s[0] for s in seen} >= {"add", "concat", "attention", "sam_only", "clip_only", "weighted"}
     assert {s[2] for s in seen} >= {"none", "attention", "full", "attention_qv"}
     assert {s[3] for s in seen} >= {"none", "full", "qkv_proj"}
+    branches = {(c.MODEL.AGGREGATOR.SPATIAL, c.MODEL.AGGREGATOR.CLASS) for c in map(_load, ABLATIONS)}
+    assert branches >= {(True, False), (False, True)}
 
 
 @pytest.mark.parametrize("path", ABLATIONS)
@@ -38,7 +40,7 @@ def test_ablation_builds_and_runs_with_tiny_encoders(path):
     # keep the ablation's own choices, take every size from the tiny config
     for key in ("CLIP", "SAM", "COST", "AGGREGATOR", "DECODER", "LMSEG"):
         node = tiny.MODEL[key].clone()
-        for own in ("FINETUNE", "ENABLED", "PER_CHANNEL"):
+        for own in ("FINETUNE", "ENABLED", "PER_CHANNEL", "SPATIAL", "CLASS"):
             if own in cfg.MODEL[key]:
                 node[own] = cfg.MODEL[key][own]
         cfg.MODEL[key] = node

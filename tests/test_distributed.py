@@ -21,6 +21,8 @@ RUNS = {
         for mode in FUSION_MODES
     },
     "vocabulary_at_cap": ["MODEL.LMSEG.CLASS_CAP", "3"],
+    "spatial_only": OVER_CAP + ["MODEL.AGGREGATOR.CLASS", "False"],
+    "class_only": OVER_CAP + ["MODEL.AGGREGATOR.SPATIAL", "False"],
 }
 
 

@@ -1,11 +1,13 @@
 """Model-level behaviour: fine-tuning masks, vocabulary handling, ignore pixels, errors, precision."""
-import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.modeling import build_model
 
-from lmseg.modeling import FUSION_MODES
+from lmseg.modeling import FUSION_MODES, meta_arch
+from lmseg.modeling.loss import sem_seg_bce_loss
+from lmseg.modeling.meta_arch import EXCLUDED_LOGIT
 from lmseg.modeling.summary import parameter_summary
 
 from model_helpers import VOCAB, eval_batch, scores, tiny_cfg, tiny_model, train_batch
@@ -78,20 +80,33 @@ def test_vocabulary_permutation_permutes_scores():
     torch.testing.assert_close(sliding, scores(model, batch)[0][perm], rtol=1e-4, atol=1e-5)
 
 
-def test_labels_under_ignore_pixels_do_not_change_the_loss():
+def _spy_on_loss(monkeypatch):
+    """Record the logits (N, T, H, W) the model's training loss is computed from."""
+    seen = []
+
+    def spy(logits, labels, ignore_value):
+        seen.append(logits.detach())
+        return sem_seg_bce_loss(logits, labels, ignore_value)
+
+    monkeypatch.setattr(meta_arch, "sem_seg_bce_loss", spy)
+    return seen
+
+
+def test_ignored_pixels_take_no_part_in_the_loss(monkeypatch):
+    seen = _spy_on_loss(monkeypatch)
     model = tiny_model(eval=False)
     batch = train_batch()
     for item in batch:
         item["sem_seg"][:20] = 255
-    loss = model(copy.deepcopy(batch))["loss_sem_seg"]
-    # the same images with other labels where the first ones were ignored: same loss
-    other = copy.deepcopy(batch)
-    for item in other:
-        item["sem_seg"][:20] = 255
-    torch.testing.assert_close(model(other)["loss_sem_seg"], loss)
-    changed = copy.deepcopy(batch)
-    changed[0]["sem_seg"][25:30] = (changed[0]["sem_seg"][25:30] + 1) % len(VOCAB)
-    assert not torch.allclose(model(changed)["loss_sem_seg"], loss)
+    loss = model(batch)["loss_sem_seg"]
+    # the mean binary cross-entropy over every class at the labelled pixels (rows 20 to 63) only
+    logits = seen[-1][:, :, 20:].permute(0, 2, 3, 1).reshape(-1, len(VOCAB))
+    onehot = F.one_hot(torch.stack([x["sem_seg"][20:] for x in batch]).reshape(-1), len(VOCAB)).float()
+    expected = -(onehot * F.logsigmoid(logits) + (1 - onehot) * F.logsigmoid(-logits)).mean()
+    torch.testing.assert_close(loss, expected)
+    # a labelled pixel's label counts
+    batch[0]["sem_seg"][25:30] = (batch[0]["sem_seg"][25:30] + 1) % len(VOCAB)
+    assert not torch.allclose(model(batch)["loss_sem_seg"], loss)
 
 
 def test_vocabulary_of_one_and_two_thousand_classes_and_switching_back():
@@ -147,14 +162,20 @@ def test_training_recomputes_text_with_gradients():
     assert q.grad is not None and q.grad.abs().sum() > 0
 
 
-def test_training_with_more_classes_than_the_cap_keeps_labelled_classes():
-    vocab = [f"class {i}" for i in range(40)]  # cap is 32
-    model = tiny_model(vocabulary=vocab, eval=False)
-    batch = train_batch(num_classes=40)
-    loss = model(batch)["loss_sem_seg"]
-    # with labelled classes forced into the kept set, no labelled pixel sees the -100 logit
-    assert loss.item() < 5.0
-    loss.backward()
+def test_training_with_more_classes_than_the_cap_keeps_labelled_classes(monkeypatch):
+    seen = _spy_on_loss(monkeypatch)
+    vocab = [f"class {i}" for i in range(40)]
+    model = tiny_model("MODEL.LMSEG.CLASS_CAP", "4", vocabulary=vocab, eval=False)
+    batch = train_batch(num_classes=2)
+    labelled = [(3, 17), (25, 38)]  # each image's own classes, two of the 40
+    for item, classes in zip(batch, labelled):
+        item["sem_seg"] = torch.tensor(classes)[item["sem_seg"]]
+    model(batch)["loss_sem_seg"].backward()
+    kept = seen[-1].amax(dim=(2, 3)) > EXCLUDED_LOGIT  # (images, classes) not given the excluded logit
+    for image_kept, classes in zip(kept, labelled):
+        # the cap keeps 4 classes of each image, its labelled ones among them, whatever their similarity
+        assert image_kept.sum() == 4 and image_kept[list(classes)].all()
+    assert not torch.equal(kept[0], kept[1])
 
 
 @pytest.mark.parametrize("bad,message", [

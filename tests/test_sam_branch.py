@@ -103,7 +103,12 @@ def test_each_view_takes_the_sam_features_of_its_own_area(sliding):
     batch = eval_batch(num_images=2, hw=(72, 96))
     maps = _sam_maps_seen_by_fusion(model, batch)
     n, sam_grid = model.clip.grid_size, model.sam.grid
-    areas = model.windows.areas() if sliding else [(0.0, 0.0, 1.0, 1.0)]
+    areas = [(0.0, 0.0, 1.0, 1.0)]
+    if sliding:
+        # tiny.yaml: windows of 64 on a 96 grid at offsets 0 and 32, row by row (x0, y0, x1, y1), then the whole
+        assert model.windows.offsets == [(0, 0), (0, 32), (32, 0), (32, 32)]
+        third = 1 / 3
+        areas = [(x, y, x + 2 * third, y + 2 * third) for y in (0.0, third) for x in (0.0, third)] + areas
     assert maps.shape == (2 * len(areas), 32, n, n)
     for i, item in enumerate(batch):
         image_mean = _sam_input(item["image"]).mean()

@@ -83,6 +83,19 @@ def test_weighted_fusion_starts_as_clip_only():
     torch.testing.assert_close(fusion(c, torch.randn(2, 4, 4, 4)), 0.5 * c)
 
 
+@pytest.mark.parametrize("mode", ["add", "attention"])
+def test_additive_fusions_start_as_clip_only_exactly(mode):
+    # zero SAM projection: nothing added (attention: zero keys and values, zero output bias)
+    fusion = FeatureFusion(mode, clip_dim=8, sam_dim=4, attention_heads=2)
+    c = torch.randn(2, 8, 4, 4)
+    assert torch.equal(fusion(c, torch.randn(2, 4, 4, 4)), c)
+
+
+def test_sam_only_fusion_starts_from_non_zero_features():
+    fusion = FeatureFusion("sam_only", clip_dim=8, sam_dim=4)
+    assert fusion(None, torch.randn(2, 4, 4, 4)).norm(dim=1).min() > 0
+
+
 def test_crop_and_resize_full_box_is_bilinear_resize():
     feats = torch.randn(2, 3, 16, 16)
     boxes = torch.tensor([[1, 0, 0, 1, 1.0], [0, 0, 0, 0.5, 0.5]])
@@ -131,6 +144,34 @@ def test_aggregator_shapes(training):
     agg.train(training)
     x = agg(torch.randn(B, 8, T, 8, 8), torch.randn(B, 16, 8, 8), torch.randn(B, T, P, 16))
     assert x.shape == (B, 8, T, 8, 8)
+
+
+@pytest.mark.parametrize("spatial,classwise", [(True, False), (False, True), (False, False)])
+def test_aggregation_branch_switches_remove_exactly_their_branch(spatial, classwise):
+    kwargs = dict(feature_dim=16, embed_dim=8, num_layers=2, num_heads=2, window=4, appearance_guidance_dim=6,
+                  text_guidance_dim=5, pad_to=8, class_chunk=4)
+    torch.manual_seed(0)
+    full = Aggregator(**kwargs).eval()
+    ablated = Aggregator(**kwargs, spatial=spatial, class_attention=classwise).eval()
+    names = {n for n, _ in ablated.named_parameters()}
+    assert any(".spatial." in n for n in names) == spatial and any("appearance_guidance" in n for n in names) == spatial
+    assert any(".classwise." in n for n in names) == classwise and any("text_guidance" in n for n in names) == classwise
+    # the ablated aggregator with the full one's weights is the full one's layers minus the branch
+    missing, unexpected = ablated.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and unexpected
+    x, f, t = torch.randn(B, 8, T, 8, 8), torch.randn(B, 16, 8, 8), torch.randn(B, T, P, 16)
+    with torch.no_grad():
+        expected = x
+        appearance = full.appearance_guidance(f)
+        text = full.text_guidance(torch.nn.functional.normalize(t.mean(dim=2), dim=-1))
+        for layer in full.layers:
+            if spatial:
+                expected = layer.spatial(expected, appearance)
+            if classwise:
+                expected = layer.classwise(expected, text, full.test_pooling)
+        got = ablated(x, f, t)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        assert not torch.allclose(got, full(x, f, t), atol=1e-3)
 
 
 def test_class_chunking_does_not_change_results():

@@ -241,13 +241,24 @@ class ClassAggregation(nn.Module):
 
 
 class AggregatorLayer(nn.Module):
-    def __init__(self, dim, appearance_dim, text_dim, num_heads, window, mlp_ratio, pad_to, class_chunk):
+    """Spatial aggregation then class aggregation; either may be left out (the ablations)."""
+
+    def __init__(
+        self, dim, appearance_dim, text_dim, num_heads, window, mlp_ratio, pad_to, class_chunk,
+        spatial: bool = True, class_attention: bool = True,
+    ):
         super().__init__()
-        self.spatial = SpatialAggregation(dim, appearance_dim, num_heads, window, mlp_ratio, class_chunk)
-        self.classwise = ClassAggregation(dim, text_dim, num_heads, mlp_ratio, pad_to)
+        self.spatial = (
+            SpatialAggregation(dim, appearance_dim, num_heads, window, mlp_ratio, class_chunk) if spatial else None
+        )
+        self.classwise = ClassAggregation(dim, text_dim, num_heads, mlp_ratio, pad_to) if class_attention else None
 
     def forward(self, x, appearance, text, pooling):
-        return self.classwise(self.spatial(x, appearance), text, pooling)
+        if self.spatial is not None:
+            x = self.spatial(x, appearance)
+        if self.classwise is not None:
+            x = self.classwise(x, text, pooling)
+        return x
 
 
 class Aggregator(nn.Module):
@@ -259,6 +270,9 @@ class Aggregator(nn.Module):
         pooling, test_pooling: spatial pooling before class attention in training / inference.
         pad_to: classes are padded to this count for class attention (the class cap).
         class_chunk: (view, class) pairs processed at once by the spatial blocks.
+        spatial, class_attention: keep the spatial (Swin) and the class (linear attention) blocks
+            of every layer. A branch left out takes its guidance projection with it; with both
+            left out the cost embedding passes unchanged.
     """
 
     def __init__(
@@ -276,6 +290,8 @@ class Aggregator(nn.Module):
         test_pooling: Sequence[int] = (1, 1),
         pad_to: int = 256,
         class_chunk: int = 128,
+        spatial: bool = True,
+        class_attention: bool = True,
     ):
         super().__init__()
         if window % 2:
@@ -283,13 +299,20 @@ class Aggregator(nn.Module):
         self.window = window
         self.pooling = tuple(pooling)
         self.test_pooling = tuple(test_pooling)
-        self.appearance_guidance = nn.Sequential(
-            nn.Conv2d(feature_dim, appearance_guidance_dim, kernel_size=3, padding=1), nn.ReLU()
-        )
-        self.text_guidance = nn.Sequential(nn.Linear(feature_dim, text_guidance_dim), nn.ReLU())
+        # a guidance projection exists only where a block uses it (every trainable weight must
+        # reach the loss, or multi-process training stops)
+        self.appearance_guidance = None
+        if spatial and num_layers:
+            self.appearance_guidance = nn.Sequential(
+                nn.Conv2d(feature_dim, appearance_guidance_dim, kernel_size=3, padding=1), nn.ReLU()
+            )
+        self.text_guidance = None
+        if class_attention and num_layers:
+            self.text_guidance = nn.Sequential(nn.Linear(feature_dim, text_guidance_dim), nn.ReLU())
         self.layers = nn.ModuleList(
             AggregatorLayer(
-                embed_dim, appearance_guidance_dim, text_guidance_dim, num_heads, window, mlp_ratio, pad_to, class_chunk
+                embed_dim, appearance_guidance_dim, text_guidance_dim, num_heads, window, mlp_ratio, pad_to,
+                class_chunk, spatial=spatial, class_attention=class_attention,
             )
             for _ in range(num_layers)
         )
@@ -314,8 +337,9 @@ class Aggregator(nn.Module):
         Returns:
             (N, D, T, h, w).
         """
-        appearance = self.appearance_guidance(features)
-        text = self.text_guidance(F.normalize(text.mean(dim=2), dim=-1))  # (N, T, G)
+        appearance = self.appearance_guidance(features) if self.appearance_guidance is not None else None
+        if self.text_guidance is not None:
+            text = self.text_guidance(F.normalize(text.mean(dim=2), dim=-1))  # (N, T, G)
         pooling = self.pooling if self.training else self.test_pooling
         for layer in self.layers:
             x = layer(x, appearance, text, pooling)

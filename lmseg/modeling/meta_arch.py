@@ -167,6 +167,8 @@ class LMSeg(nn.Module):
             test_pooling=agg.TEST_POOLING,
             pad_to=class_cap,
             class_chunk=class_chunk,
+            spatial=agg.SPATIAL,
+            class_attention=agg.CLASS,
         )
         dec = cfg.MODEL.DECODER
         decoder = Decoder(
