@@ -204,6 +204,18 @@ def bench_inference(args) -> dict:
     }
 
 
+# Operators that only create or reinterpret tensor metadata (no kernel runs on a GPU).
+METADATA_OPS = {
+    "aten::" + name
+    for name in (
+        "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "slice", "select", "as_strided",
+        "unsqueeze", "squeeze", "narrow", "split", "split_with_sizes", "unbind", "chunk", "alias", "detach",
+        "flatten", "unflatten", "view_as", "expand_as", "resolve_conj", "resolve_neg", "empty", "empty_strided",
+        "empty_like", "contiguous", "lift_fresh", "result_type", "is_nonzero", "item", "_local_scalar_dense",
+        "numpy_T", "movedim", "swapaxes", "_reshape_alias",
+    )
+}
+
 # Operators that convert a tensor's dtype or copy it: aten::to dispatches to aten::_to_copy when
 # it really converts, which fills the new tensor with aten::copy_ (also used by other copies).
 CAST_OPS = ("aten::to", "aten::_to_copy", "aten::copy_")
@@ -213,8 +225,9 @@ def count_operators(args) -> dict:
     """Operator calls of one inference forward pass (after one untimed pass), from the profiler.
 
     ``aten_calls`` counts every aten operator, nested ones included; ``top_level_calls`` only those
-    not called by another aten operator (what Python dispatches, one or more kernel launches each
-    on a GPU); ``cast_elements`` sums the input elements of every ``aten::_to_copy``.
+    not called by another aten operator (what Python dispatches); ``kernel_calls`` the innermost
+    operators that compute (not in :data:`METADATA_OPS`), about one kernel launch each on a GPU;
+    ``cast_elements`` sums the input elements of every ``aten::_to_copy``.
     """
     cfg, model, batch, dtype = _inference_setup(args)
     device = cfg.MODEL.DEVICE
@@ -232,6 +245,8 @@ def count_operators(args) -> dict:
             parent = parent.cpu_parent
         return False
 
+    parents = {id(e.cpu_parent) for e in events if e.cpu_parent is not None}
+    kernels = [e for e in events if id(e) not in parents and e.name not in METADATA_OPS]
     counts = {}
     for e in events:
         counts[e.name] = counts.get(e.name, 0) + 1
@@ -250,6 +265,7 @@ def count_operators(args) -> dict:
         "classes": len(model.vocabulary),
         "aten_calls": len(events),
         "top_level_calls": sum(1 for e in events if not nested(e)),
+        "kernel_calls": len(kernels),
         **{name.replace("aten::", "") + "_calls": counts.get(name, 0) for name in CAST_OPS},
         "cast_elements": cast_elements,
         "most_called": dict(top),
