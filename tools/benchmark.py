@@ -227,13 +227,16 @@ def count_operators(args) -> dict:
     ``aten_calls`` counts every aten operator, nested ones included; ``top_level_calls`` only those
     not called by another aten operator (what Python dispatches); ``kernel_calls`` the innermost
     operators that compute (not in :data:`METADATA_OPS`), about one kernel launch each on a GPU;
-    ``cast_elements`` sums the input elements of every ``aten::_to_copy``.
+    ``cast_elements`` sums the input elements of every ``aten::_to_copy``; ``allocated_mib`` the
+    memory allocated by all operators (each tensor created), a proxy of the memory traffic.
     """
     cfg, model, batch, dtype = _inference_setup(args)
     device = cfg.MODEL.DEVICE
     with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
         model(batch)  # text embeddings and other caches are filled once, not per forward
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True, profile_memory=True
+        ) as prof:
             model(batch)
     events = [e for e in prof.events() if e.name.startswith("aten::")]
 
@@ -268,6 +271,7 @@ def count_operators(args) -> dict:
         "kernel_calls": len(kernels),
         **{name.replace("aten::", "") + "_calls": counts.get(name, 0) for name in CAST_OPS},
         "cast_elements": cast_elements,
+        "allocated_mib": round(sum(max(e.self_cpu_memory_usage, 0) for e in events) / 2**20, 1),
         "most_called": dict(top),
     }
 
