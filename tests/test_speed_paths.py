@@ -140,7 +140,7 @@ def test_activation_checkpointing_gives_identical_gradients_and_stores_less():
         assert (a is None) == (b is None), name
         if a is not None:
             torch.testing.assert_close(b, a, atol=0, rtol=0, msg=name)
-    assert bytes_b < 0.6 * bytes_a
+    assert bytes_b < 0.3 * bytes_a  # 14 % on the tiny model
 
 
 def test_activation_checkpointing_refuses_unknown_parts():
