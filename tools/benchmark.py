@@ -436,7 +436,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("table", help="time a grid of settings in one run and write one Markdown table")
     p.add_argument("--markdown", required=True, help="write the table to this file")
     p.add_argument("--configs", type=_words, default="configs/vitb.yaml,configs/vitl.yaml", help="comma-separated")
-    p.add_argument("--classes", type=_numbers, default="20,150,847,10000", help="vocabulary sizes, comma-separated")
+    p.add_argument("--classes", type=_numbers, default="20,150,847,2000,10000", help="vocabulary sizes, comma-separated")
     p.add_argument("--paths", type=_words, default="whole,sliding", help="whole and/or sliding")
     p.add_argument("--precisions", type=_words, default="float32,bfloat16")
     p.add_argument("--sam", type=_words, default="on,off", help="on (the config) and/or off (its CLIP-only model)")
