@@ -179,6 +179,11 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.LMSEG.CLASS_CHUNK = 128
     # Pad images to a multiple of this before resizing them to CLIP's input (0 = no padding).
     cfg.MODEL.LMSEG.SIZE_DIVISIBILITY = 0
+    # Training memory: parts whose activations are recomputed in the backward pass instead of
+    # stored, any of "clip" (visual blocks), "sam" (encoder blocks), "aggregator" (spatial and class
+    # blocks, per class chunk) and "decoder" (per class chunk). Gradients are identical; each listed
+    # part runs its forward twice. [] = store everything (fastest, most memory).
+    cfg.MODEL.LMSEG.ACTIVATION_CHECKPOINTING = []
 
 
 def _add_test_config(cfg: CN) -> None:
@@ -204,6 +209,11 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.KEEP_PADDING = False
     # Precision of evaluation: "float32", or autocast to "bfloat16" / "float16".
     cfg.TEST.PRECISION = "float32"
+    # Compile the per-class head (cost volume, aggregator, decoder) with torch.compile at inference:
+    # fewer, fused kernels, so less launch overhead on a GPU; the first forward of each new shape
+    # compiles (seconds to minutes). Where torch.compile is unavailable or fails, a warning is
+    # logged and the head runs uncompiled, with the same results.
+    cfg.TEST.COMPILE = False
 
 
 def _add_solver_config(cfg: CN) -> None:

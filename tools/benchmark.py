@@ -4,20 +4,27 @@
     python tools/benchmark.py train --config-file configs/vitb.yaml [--iters 40] [KEY VALUE ...]
     python tools/benchmark.py inference --config-file configs/vitb.yaml [--sliding] \
         [--precision bfloat16] [--classes 150] [KEY VALUE ...]
+    python tools/benchmark.py ops --config-file configs/tiny.yaml [--sliding] [--precision bfloat16]
+    python tools/benchmark.py table --markdown docs/benchmark_table.md [--configs ...] [--classes ...]
 
 ``train`` runs the real training path (data loader, mapper, optimizer, AMP, clipping) on a
 synthetic folder dataset of random-label images written to a temporary folder, and reports the
 median iteration time after warm-up and the peak GPU memory. ``inference`` times the model's
 forward pass on one image (INPUT.MIN_SIZE_TEST short side, 4:3) with a vocabulary of ``--classes``
-names (ADE-150's when 150). No pretrained weights are needed or loaded. Results are printed as
+names (ADE-150's when 150). ``ops`` counts the operators and dtype casts of one such forward pass
+with the CPU profiler (on any device). ``table`` runs a grid of both in one process (configs, SAM
+on/off, paths, vocabulary sizes, precisions; training with AMP and activation checkpointing on and
+off) and writes one Markdown table headed by the device, commit and command. No pretrained weights are needed or loaded. Results are printed as
 JSON and appended to ``--output`` when given.
 """
 import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -98,7 +105,7 @@ def bench_train(args) -> dict:
         trainer.register_hooks([timer])
         trainer.resume_or_load(resume=False)
         if cfg.MODEL.DEVICE.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats()  # the peak of all iterations, the first ones too
         trainer.train()
     steady = timer.times[args.warmup:]
     result = {
@@ -108,6 +115,7 @@ def bench_train(args) -> dict:
         "batch": cfg.SOLVER.IMS_PER_BATCH,
         "crop": list(cfg.INPUT.CROP.SIZE),
         "amp": cfg.SOLVER.AMP.PRECISION if cfg.SOLVER.AMP.ENABLED else "float32",
+        "activation_checkpointing": list(cfg.MODEL.LMSEG.ACTIVATION_CHECKPOINTING),
         "iterations_timed": len(steady),
         "iteration_ms_median": 1000 * statistics.median(steady),
     }
@@ -129,69 +137,324 @@ def _profile(fn, device: str, dtype, path: str) -> None:
     Path(path).write_text(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=40))
 
 
-def bench_inference(args) -> dict:
-    cfg = _cfg(args)
-    cfg.TEST.SLIDING_WINDOW = args.sliding
+_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _vocabulary(classes: int) -> list:
+    """ADE-150's names for 150 classes, otherwise ``classes`` made-up names."""
+    return load_vocabulary("ade150") if classes == 150 else [f"class number {i}" for i in range(classes)]
+
+
+def _eval_model(config_file: str, opts) -> tuple:
+    """The model of a config in eval mode, random weights, and one test image (INPUT.MIN_SIZE_TEST
+    short side, 4:3) as a batch."""
+    cfg = _cfg(argparse.Namespace(config_file=config_file, opts=list(opts)))
     cfg.DATASETS.TRAIN = ()
     cfg.DATASETS.TEST = ()
     cfg.freeze()
     model = Trainer.build_model(cfg).eval()
-    vocab = load_vocabulary("ade150") if args.classes == 150 else [f"class number {i}" for i in range(args.classes)]
-    model.set_vocabulary(vocab)
     short = cfg.INPUT.MIN_SIZE_TEST
-    h, w = short, round(short * 4 / 3)
-    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
-    batch = [{"image": image, "height": 480, "width": 640}]
-    device = cfg.MODEL.DEVICE
-    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.precision]
+    image = torch.randint(0, 256, (3, short, round(short * 4 / 3)), dtype=torch.uint8)
+    return cfg, model, [{"image": image, "height": 480, "width": 640}]
+
+
+def _time_forward(model, batch, device: str, dtype, warmup: int, runs: int) -> dict:
+    """Median latency (ms) of ``runs`` forward passes after ``warmup`` ones, and the peak GPU memory
+    of the timed ones (GiB, on a GPU)."""
     times = []
     with torch.no_grad():
-        for i in range(args.warmup + args.runs):
+        for i in range(warmup + runs):
+            if i == warmup and device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
             with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
                 _sync(device)
                 start = time.perf_counter()
                 model(batch)
                 _sync(device)
             times.append(time.perf_counter() - start)
-            if i == args.warmup - 1 and device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-    if args.profile:
-        _profile(lambda: model(batch), device, dtype, args.profile)
-    result = {
-        "benchmark": "inference",
-        "config": args.config_file,
-        "device": _device_name(device),
-        "path": "sliding window" if args.sliding else "whole image",
-        "precision": args.precision,
-        "classes": len(vocab),
-        "input": [h, w],
-        "runs": args.runs,
-        "latency_ms_median": 1000 * statistics.median(times[args.warmup:]),
-    }
+    result = {"latency_ms_median": 1000 * statistics.median(times[warmup:])}
     if device.startswith("cuda"):
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
 
 
+def _inference_setup(args):
+    """The model with ``args.classes`` names on ``args``'s path, one test image, the autocast dtype."""
+    cfg, model, batch = _eval_model(args.config_file, [*args.opts, "TEST.SLIDING_WINDOW", str(args.sliding)])
+    model.set_vocabulary(_vocabulary(args.classes))
+    return cfg, model, batch, _DTYPES[args.precision]
+
+
+def bench_inference(args) -> dict:
+    cfg, model, batch, dtype = _inference_setup(args)
+    device = cfg.MODEL.DEVICE
+    timing = _time_forward(model, batch, device, dtype, args.warmup, args.runs)
+    if args.profile:
+        _profile(lambda: model(batch), device, dtype, args.profile)
+    return {
+        "benchmark": "inference",
+        "config": args.config_file,
+        "device": _device_name(device),
+        "path": "sliding window" if args.sliding else "whole image",
+        "precision": args.precision,
+        "classes": len(model.vocabulary),
+        "input": list(batch[0]["image"].shape[-2:]),
+        "runs": args.runs,
+        **timing,
+    }
+
+
+# Operators that only create or reinterpret tensor metadata (no kernel runs on a GPU).
+METADATA_OPS = {
+    "aten::" + name
+    for name in (
+        "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "slice", "select", "as_strided",
+        "unsqueeze", "squeeze", "narrow", "split", "split_with_sizes", "unbind", "chunk", "alias", "detach",
+        "flatten", "unflatten", "view_as", "expand_as", "resolve_conj", "resolve_neg", "empty", "empty_strided",
+        "empty_like", "contiguous", "lift_fresh", "result_type", "is_nonzero", "item", "_local_scalar_dense",
+        "numpy_T", "movedim", "swapaxes", "_reshape_alias",
+    )
+}
+
+# Operators that convert a tensor's dtype or copy it: aten::to dispatches to aten::_to_copy when
+# it really converts, which fills the new tensor with aten::copy_ (also used by other copies).
+CAST_OPS = ("aten::to", "aten::_to_copy", "aten::copy_")
+
+
+def count_operators(args) -> dict:
+    """Operator calls of one inference forward pass (after one untimed pass), from the profiler.
+
+    ``aten_calls`` counts every aten operator, nested ones included; ``top_level_calls`` only those
+    not called by another aten operator (what Python dispatches); ``kernel_calls`` the innermost
+    operators that compute (not in :data:`METADATA_OPS`), about one kernel launch each on a GPU;
+    ``cast_elements`` sums the input elements of every ``aten::_to_copy``; ``allocated_mib`` the
+    memory allocated by all operators (each tensor created), a proxy of the memory traffic.
+    """
+    cfg, model, batch, dtype = _inference_setup(args)
+    device = cfg.MODEL.DEVICE
+    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        model(batch)  # text embeddings and other caches are filled once, not per forward
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True, profile_memory=True
+        ) as prof:
+            model(batch)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+
+    def nested(e) -> bool:
+        parent = e.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    parents = {id(e.cpu_parent) for e in events if e.cpu_parent is not None}
+    kernels = [e for e in events if id(e) not in parents and e.name not in METADATA_OPS]
+    counts = {}
+    for e in events:
+        counts[e.name] = counts.get(e.name, 0) + 1
+    cast_elements = 0
+    for e in events:
+        if e.name == "aten::_to_copy" and e.input_shapes and e.input_shapes[0]:
+            cast_elements += int(np.prod(e.input_shapes[0]))
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[: args.top]
+    return {
+        "benchmark": "operators",
+        "config": args.config_file,
+        "overrides": list(args.opts),
+        "device": _device_name(device),
+        "path": "sliding window" if args.sliding else "whole image",
+        "precision": args.precision,
+        "classes": len(model.vocabulary),
+        "aten_calls": len(events),
+        "top_level_calls": sum(1 for e in events if not nested(e)),
+        "kernel_calls": len(kernels),
+        **{name.replace("aten::", "") + "_calls": counts.get(name, 0) for name in CAST_OPS},
+        "cast_elements": cast_elements,
+        "allocated_mib": round(sum(max(e.self_cpu_memory_usage, 0) for e in events) / 2**20, 1),
+        "most_called": dict(top),
+    }
+
+
+_CLIP_ONLY = ["MODEL.SAM.ENABLED", "False", "MODEL.FUSION.MODE", "clip_only"]
+_ALL_PARTS = ["clip", "sam", "aggregator", "decoder"]
+
+
+def _checkpointing(setting: str) -> list:
+    """Parts of a --train-checkpointing setting: "none", "all", or parts joined by "+"."""
+    if setting == "none":
+        return []
+    return list(_ALL_PARTS) if setting == "all" else setting.split("+")
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return commit.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def _out_of_memory(err: Exception) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err)
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def bench_table(args) -> dict:
+    """Every setting of the grid, timed in this one process; the rows of one Markdown table."""
+    rows = []
+    device = None
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    if "inference" in args.sections:
+        for config in args.configs:
+            for sam in args.sam:
+                cfg, model, batch = _eval_model(config, [*args.opts, *([] if sam == "on" else _CLIP_ONLY)])
+                device = cfg.MODEL.DEVICE
+                for classes in args.classes:
+                    model.set_vocabulary(_vocabulary(classes))
+                    for path in args.paths:
+                        model.sliding_window = path == "sliding"
+                        for precision in args.precisions:
+                            row = dict(kind="inference", config=config, sam=sam, path=path, classes=classes,
+                                       precision=precision, checkpointing="-", batch=1)
+                            try:
+                                row.update(_time_forward(model, batch, device, _DTYPES[precision], args.warmup, args.runs))
+                            except RuntimeError as err:
+                                if not _out_of_memory(err):
+                                    raise
+                                row["note"] = "out of memory"
+                            if device.startswith("cuda"):
+                                torch.cuda.empty_cache()
+                            add(row)
+                del model
+    if "train" in args.sections:
+        for config in args.train_configs:
+            for amp in args.train_amp:
+                for setting in args.train_checkpointing:
+                    parts = _checkpointing(setting)
+                    opts = [*args.opts, "SOLVER.AMP.ENABLED", str(amp == "on"), "SOLVER.AMP.PRECISION", "bfloat16",
+                            "MODEL.LMSEG.ACTIVATION_CHECKPOINTING", json.dumps(parts)]
+                    ns = argparse.Namespace(config_file=config, opts=opts, iters=args.iters, warmup=args.train_warmup)
+                    row = dict(kind="train", config=config, sam="on", path="-", classes=171,
+                               precision="bfloat16" if amp == "on" else "float32", checkpointing=setting)
+                    try:
+                        result = bench_train(ns)
+                        row.update(batch=result["batch"], path=f"crop {result['crop'][0]}",
+                                   latency_ms_median=result["iteration_ms_median"],
+                                   peak_memory_gib=result.get("peak_memory_gib"))
+                        device = _cfg(ns).MODEL.DEVICE
+                    except RuntimeError as err:
+                        if not _out_of_memory(err):
+                            raise
+                        row["note"] = "out of memory"
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    add(row)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lines = [
+        "# LMSeg speed and memory",
+        "",
+        f"- device: {_device_name(device)}; PyTorch {torch.__version__}",
+        f"- commit: {_git_commit()}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "- command: `python tools/benchmark.py " + " ".join(shlex.quote(a) for a in args.argv) + "`",
+        f"- random weights; inference: median of {args.runs} runs after {args.warmup} on one image, SAM "
+        "'off' is the CLIP-only model of the same config; training: median of "
+        f"{args.iters - args.train_warmup} iterations after {args.train_warmup}, 171 classes, peak memory of all",
+        "",
+        "| kind | config | SAM | path | classes | precision | checkpointing | batch | ms (median) | peak GPU memory (GiB) | note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['kind']} | `{r['config']}` | {r['sam']} | {r['path']} | {r['classes']} | {r['precision']} | "
+            f"{r['checkpointing']} | {r.get('batch', '-')} | {_cell(r.get('latency_ms_median'), '.1f')} | "
+            f"{_cell(r.get('peak_memory_gib'), '.2f')} | {r.get('note', '')} |"
+        )
+    Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.markdown).write_text("\n".join(lines) + "\n")
+    return {"benchmark": "table", "markdown": args.markdown, "rows": len(rows)}
+
+
+def _words(text: str) -> list:
+    return [w for w in text.split(",") if w]
+
+
+def _numbers(text: str) -> list:
+    return [int(w) for w in _words(text)]
+
+
+def _check_table_args(parser, args) -> None:
+    allowed = {"paths": ("whole", "sliding"), "precisions": tuple(_DTYPES), "sam": ("on", "off"),
+               "train_amp": ("on", "off"), "sections": ("inference", "train")}
+    for name, choices in allowed.items():
+        bad = [v for v in getattr(args, name) if v not in choices]
+        if bad:
+            parser.error(f"--{name.replace('_', '-')}: {bad} not among {list(choices)}")
+    for setting in args.train_checkpointing:
+        bad = [p for p in _checkpointing(setting) if p not in _ALL_PARTS]
+        if bad:
+            parser.error(f"--train-checkpointing {setting}: {bad} not among none, all, {_ALL_PARTS}")
+    if any(c < 1 for c in args.classes):
+        parser.error(f"--classes {args.classes}: every vocabulary needs at least one class")
+    if args.runs < 1:
+        parser.error(f"--runs {args.runs}: time at least one run")
+    if "train" in args.sections and args.iters <= args.train_warmup:
+        parser.error(f"--iters {args.iters} leaves no timed iteration after --train-warmup {args.train_warmup}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("train", "inference"):
+    for name in ("train", "inference", "ops"):
         p = sub.add_parser(name)
         p.add_argument("--config-file", required=True)
-        p.add_argument("--warmup", type=int, default=10, help="untimed iterations/runs first")
         p.add_argument("--output", default="", help="append the JSON result to this file")
         if name == "train":
+            p.add_argument("--warmup", type=int, default=10, help="untimed iterations first")
             p.add_argument("--iters", type=int, default=40)
         else:
-            p.add_argument("--runs", type=int, default=20)
             p.add_argument("--sliding", action="store_true")
             p.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
             p.add_argument("--classes", type=int, default=150)
+        if name == "inference":
+            p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
+            p.add_argument("--runs", type=int, default=20)
             p.add_argument("--profile", default="", help="write a profile of one run to this file")
+        if name == "ops":
+            p.add_argument("--top", type=int, default=15, help="list this many of the most called operators")
         p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    p = sub.add_parser("table", help="time a grid of settings in one run and write one Markdown table")
+    p.add_argument("--markdown", required=True, help="write the table to this file")
+    p.add_argument("--configs", type=_words, default="configs/vitb.yaml,configs/vitl.yaml", help="comma-separated")
+    p.add_argument("--classes", type=_numbers, default="20,150,847,2000,10000", help="vocabulary sizes, comma-separated")
+    p.add_argument("--paths", type=_words, default="whole,sliding", help="whole and/or sliding")
+    p.add_argument("--precisions", type=_words, default="float32,bfloat16")
+    p.add_argument("--sam", type=_words, default="on,off", help="on (the config) and/or off (its CLIP-only model)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed inference runs first")
+    p.add_argument("--runs", type=int, default=10, help="timed inference runs")
+    p.add_argument("--train-configs", type=_words, default="configs/vitb.yaml,configs/vitl.yaml")
+    p.add_argument("--train-amp", type=_words, default="on,off", help="on (bfloat16 autocast) and/or off")
+    p.add_argument("--train-checkpointing", type=_words, default="none,all",
+                   help=f"MODEL.LMSEG.ACTIVATION_CHECKPOINTING settings: none, all, or parts of {_ALL_PARTS} joined by +")
+    p.add_argument("--iters", type=int, default=15, help="training iterations per setting")
+    p.add_argument("--train-warmup", type=int, default=5, help="untimed training iterations first")
+    p.add_argument("--sections", type=_words, default="inference,train", help="inference and/or train")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every setting")
     args = parser.parse_args(argv)
-    if args.warmup < 0:
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.command == "table":
+        _check_table_args(parser, args)
+    if getattr(args, "warmup", 0) < 0:
         parser.error(f"--warmup {args.warmup} must be 0 or more")
     if args.command == "train" and args.iters <= args.warmup:
         parser.error(
@@ -200,10 +463,11 @@ def main(argv=None) -> None:
         )
     if args.command == "inference" and args.runs < 1:
         parser.error(f"--runs {args.runs}: time at least one run")
-    result = bench_train(args) if args.command == "train" else bench_inference(args)
+    run = {"train": bench_train, "inference": bench_inference, "ops": count_operators, "table": bench_table}[args.command]
+    result = run(args)
     line = json.dumps(result)
     print(line)
-    if args.output:
+    if getattr(args, "output", ""):
         with open(args.output, "a") as f:
             f.write(line + "\n")
 

@@ -17,15 +17,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .execution import run_checkpointed
+
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(M, H, W, C) -> (M * H/window * W/window, window * window, C), windows in row-major order."""
     return rearrange(x, "m (h p) (w q) c -> (m h w) (p q) c", p=window, q=window)
-
-
-def window_merge(x: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`window_partition`."""
-    return rearrange(x, "(m h w) (p q) c -> m (h p) (w q) c", h=h // window, w=w // window, p=window)
 
 
 def shifted_window_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
@@ -65,18 +62,26 @@ class GuidedWindowAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, xg: torch.Tensor, dim: int, mask: torch.Tensor = None) -> torch.Tensor:
-        # xg: (M * windows, L, dim + guidance); mask: (windows, L, L) or None
-        b, n, _ = xg.shape
-        heads = self.num_heads
-        # (B, L, dim) -> (B, heads, L, dim / heads)
-        q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=heads) for t in (self.q(xg), self.k(xg), self.v(xg[..., :dim])))
+    def forward(self, xg: torch.Tensor, window: int, dim: int, mask: torch.Tensor = None) -> torch.Tensor:
+        """Attention within the ``window`` x ``window`` windows of (M, H, W, dim + guidance) maps.
+
+        ``mask``: (windows, L, L) additive mask of each window (windows in row-major order), or None.
+        """
+        m, h, w, _ = xg.shape
+        windows, cells, heads = (h // window) * (w // window), window * window, self.num_heads
+        # (M, H, W, C) -> (M, L, windows, C): the L cells of every window, windows side by side
+        tokens = rearrange(xg, "m (a p) (b q) c -> m (p q) (a b) c", p=window, q=window)
+        # Each window of a map is one more head: (M, L, windows, heads * d) -> (M, windows * heads, L, d),
+        # a view; the mask of a window then broadcasts over the M maps instead of being copied to each.
+        q, k, v = (
+            t.view(m, cells, windows * heads, -1).transpose(1, 2)
+            for t in (self.q(tokens), self.k(tokens), self.v(tokens[..., :dim]))
+        )
         if mask is not None:
-            windows = mask.shape[0]
-            mask = mask.to(q.dtype)[None, :, None].expand(b // windows, -1, heads, -1, -1)
-            mask = mask.reshape(b, heads, n, n)
+            mask = mask.to(q.dtype).repeat_interleave(heads, dim=0)[None]  # (1, windows * heads, L, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+        out = self.proj(out.transpose(1, 2).reshape(m, cells, windows, dim))
+        return rearrange(out, "m (p q) (a b) c -> m (a p) (b q) c", p=window, a=h // window)
 
 
 class Mlp(nn.Module):
@@ -108,8 +113,7 @@ class SwinBlock(nn.Module):
         if self.shift:
             xg = torch.roll(xg, shifts=(-self.shift, -self.shift), dims=(1, 2))
             mask = _shift_mask(h, w, self.window, self.shift, x.device)
-        out = self.attn(window_partition(xg, self.window), d, mask)
-        out = window_merge(out, self.window, h, w)
+        out = self.attn(xg, self.window, d, mask)
         if self.shift:
             out = torch.roll(out, shifts=(self.shift, self.shift), dims=(1, 2))
         x = x + out
@@ -129,6 +133,11 @@ class SpatialAggregation(nn.Module):
         self.block1 = SwinBlock(dim, guidance_dim, num_heads, window, 0, mlp_ratio)
         self.block2 = SwinBlock(dim, guidance_dim, num_heads, window, window // 2, mlp_ratio)
         self.class_chunk = class_chunk
+        # recompute the blocks' activations in backward instead of storing them (set by LMSeg)
+        self.checkpoint_activations = False
+
+    def _blocks(self, chunk: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.block2(self.block1(chunk, g), g)
 
     def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         # x: (N, D, T, h, w); guidance: (N, G, h, w)
@@ -139,8 +148,14 @@ class SpatialAggregation(nn.Module):
         for start in range(0, n * t, self.class_chunk):
             chunk = rows[start : start + self.class_chunk]
             g = guidance[torch.arange(start, start + chunk.shape[0], device=x.device) // t]
-            out.append(self.block2(self.block1(chunk, g), g))
+            out.append(run_checkpointed(self.checkpoint_activations, self._blocks, chunk, g))
         return torch.cat(out).view(n, t, h, w, d).permute(0, 4, 1, 2, 3)
+
+
+def _guided_linear(layer: nn.Linear, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``layer(cat([y, g broadcast over positions], -1))`` for y (N, S, T, D) and g (N, T, G)."""
+    d = y.shape[-1]
+    return F.linear(y, layer.weight[:, :d]) + F.linear(g, layer.weight[:, d:], layer.bias)[:, None]
 
 
 def linear_attention(
@@ -185,8 +200,13 @@ class ClassAggregation(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        # recompute the block's activations in backward instead of storing them (set by LMSeg)
+        self.checkpoint_activations = False
 
     def forward(self, x: torch.Tensor, guidance: torch.Tensor, pooling: Tuple[int, int]) -> torch.Tensor:
+        return run_checkpointed(self.checkpoint_activations, self._forward, x, guidance, tuple(pooling))
+
+    def _forward(self, x: torch.Tensor, guidance: torch.Tensor, pooling: Tuple[int, int]) -> torch.Tensor:
         # x: (N, D, T, h, w); guidance: (N, T, G)
         n, d, t, h, w = x.shape
         pooled = x
@@ -194,13 +214,13 @@ class ClassAggregation(nn.Module):
             pooled = F.avg_pool2d(x.reshape(n, d * t, h, w), pooling).view(n, d, t, h // pooling[0], w // pooling[1])
         ph, pw = pooled.shape[-2:]
         tokens = pooled.permute(0, 3, 4, 2, 1).reshape(n * ph * pw, t, d)  # (M, T, D)
-        g = guidance.to(tokens.dtype)[:, None].expand(n, ph * pw, t, -1).reshape(n * ph * pw, t, -1)
         heads = self.num_heads
         m = tokens.shape[0]
         y = self.norm1(tokens)
-        yg = torch.cat([y, g], dim=-1)
-        q = self.q(yg).view(m, t, heads, -1)
-        k = self.k(yg).view(m, t, heads, -1)
+        g = guidance.to(tokens.dtype)
+        # q(cat[y, g]) = y Wy + (g Wg + b): the guidance term is the same at every position of a
+        # view, so it is computed once per view and broadcast, never copied to each position.
+        q, k = (_guided_linear(layer, y.view(n, ph * pw, t, d), g).view(m, t, heads, -1) for layer in (self.q, self.k))
         v = self.v(y).view(m, t, heads, -1)
         # The pad tokens are the same at every position and their outputs are discarded: only
         # their keys and values matter, and they enter once, weighted by their number. At a full

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .execution import run_checkpointed
+
 logger = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("none", "attention_qv", "attention", "full")
@@ -187,6 +189,8 @@ class ClipEncoder(nn.Module):
         self.guidance_layers = tuple(guidance_layers)
         self.text_batch_size = text_batch_size
         self.dense = dense
+        # recompute each visual block's activations in backward instead of storing them (set by LMSeg)
+        self.checkpoint_activations = False
 
         visual = model.visual
         self.patch_size = visual.conv1.kernel_size[0]
@@ -274,7 +278,7 @@ class ClipEncoder(nn.Module):
         stop = len(blocks) - 1 if self.dense else max(self.guidance_layers, default=-1) + 1
         guidance = []
         for i, block in enumerate(blocks[:stop]):
-            x = _block_forward(block, x)
+            x = run_checkpointed(self.checkpoint_activations, _block_forward, block, x)
             if i in self.guidance_layers:
                 guidance.append(self._tokens_to_map(x, grid))
         if not self.dense:

@@ -11,6 +11,8 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
+from .execution import run_checkpointed
+
 
 def _conv_norm_relu(cin: int, cout: int, group_size: int) -> List[nn.Module]:
     return [
@@ -81,6 +83,14 @@ class Decoder(nn.Module):
             UpStage(cin, cout, cg, norm_group_size) for cin, cout, cg in zip(ins, dims, guidance_dims)
         )
         self.head = nn.Conv2d(dims[-1], 1, kernel_size=3, padding=1)
+        # recompute the stages' activations in backward instead of storing them (set by LMSeg)
+        self.checkpoint_activations = False
+
+    def _decode(self, y: torch.Tensor, view: torch.Tensor, *guides: torch.Tensor) -> torch.Tensor:
+        """Logits (K, 1, H, W) of K (view, class) rows y (K, D, g, g); ``view`` indexes the guidance."""
+        for stage, g in zip(self.stages, guides):
+            y = stage(y, g[view])
+        return self.head(y)
 
     @property
     def num_stages(self) -> int:
@@ -104,8 +114,6 @@ class Decoder(nn.Module):
         for start in range(0, n * t, self.class_chunk):
             y = rows[start : start + self.class_chunk]
             view = torch.arange(start, start + y.shape[0], device=x.device) // t
-            for stage, g in zip(self.stages, guides):
-                y = stage(y, g[view])
-            out.append(self.head(y))
+            out.append(run_checkpointed(self.checkpoint_activations, self._decode, y, view, *guides))
         out = torch.cat(out)
         return out.view(n, t, *out.shape[-2:])

@@ -17,12 +17,14 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
-from .aggregator import Aggregator
+from .aggregator import Aggregator, ClassAggregation, SpatialAggregation
 from .clip_encoder import ClipEncoder, build_clip_encoder
 from .cost import CostEmbedding, cost_volume
 from .decoder import Decoder
+from .execution import CompiledOrEager, check_checkpoint_parts
 from .fusion import FUSION_MODES, FeatureFusion, crop_and_resize
 from .loss import sem_seg_bce_loss
+from .norms import use_autocast_norms
 from .prompts import DescriptionsArg, PromptBuilder, build_prompt_builder
 from .sam_encoder import SamEncoder, build_sam_encoder
 from .sliding import SlidingWindows, whole_image_boxes
@@ -73,6 +75,8 @@ class LMSeg(nn.Module):
         sam_per_window: bool = False,
         vocabulary: Sequence[str] = (),
         vocabulary_descriptions: DescriptionsArg = None,
+        activation_checkpointing: Sequence[str] = (),
+        compile_inference: bool = False,
     ):
         super().__init__()
         _check_fusion_matches_sam(fusion.mode, sam is not None)
@@ -88,6 +92,10 @@ class LMSeg(nn.Module):
         self.cost_embed = cost_embed
         self.aggregator = aggregator
         self.decoder = decoder
+        use_autocast_norms(self)
+        self._set_activation_checkpointing(activation_checkpointing)
+        # the per-class head at inference, compiled on first use (TEST.COMPILE) or eager
+        self._inference_head = CompiledOrEager(self._head, "the per-class head") if compile_inference else self._head
         aggregator.check_grid(clip.grid_size)
         if len(clip.guidance_layers) != decoder.num_stages:
             raise ValueError(
@@ -194,7 +202,19 @@ class LMSeg(nn.Module):
             "sliding_global_weight": cfg.TEST.SLIDING_GLOBAL_WEIGHT,
             "sam_per_window": cfg.TEST.SAM_PER_WINDOW,
             **_initial_vocabulary(cfg),
+            "activation_checkpointing": cfg.MODEL.LMSEG.ACTIVATION_CHECKPOINTING,
+            "compile_inference": cfg.TEST.COMPILE,
         }
+
+    def _set_activation_checkpointing(self, parts: Sequence[str]) -> None:
+        check_checkpoint_parts(parts)
+        self.clip.checkpoint_activations = "clip" in parts
+        if self.sam is not None:
+            self.sam.checkpoint_activations = "sam" in parts
+        for module in self.aggregator.modules():
+            if isinstance(module, (SpatialAggregation, ClassAggregation)):
+                module.checkpoint_activations = "aggregator" in parts
+        self.decoder.checkpoint_activations = "decoder" in parts
 
     # ----------------------------------------------------------------------------- vocabulary
     @property
@@ -323,13 +343,18 @@ class LMSeg(nn.Module):
         else:
             keep = self._select_classes(feats, text, keep_classes)  # (V, cap)
             view_text = text[keep]
-        cost = cost_volume(feats, view_text)  # (V, P, T', g, g)
-        x = self.aggregator(self.cost_embed(cost), feats, view_text)
-        logits = self.decoder(x, guidance)  # (V, T', 4g, 4g)
+        head = self._head if self.training else self._inference_head
+        logits = head(feats, view_text, *guidance)  # (V, T', 4g, 4g)
         if keep is None:
             return logits
         full = logits.new_full((v, t, *logits.shape[-2:]), EXCLUDED_LOGIT)
         return full.scatter(1, keep[:, :, None, None].expand(-1, -1, *logits.shape[-2:]), logits)
+
+    def _head(self, feats: torch.Tensor, view_text: torch.Tensor, *guidance: torch.Tensor) -> torch.Tensor:
+        """Logits (V, T', 4g, 4g) from fused features (V, C, g, g) and prompts (V, T', P, C)."""
+        cost = cost_volume(feats, view_text)  # (V, P, T', g, g)
+        x = self.aggregator(self.cost_embed(cost), feats, view_text)
+        return self.decoder(x, list(guidance))
 
     def _select_classes(
         self, feats: torch.Tensor, text: torch.Tensor, keep_classes: Optional[torch.Tensor]

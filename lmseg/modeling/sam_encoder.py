@@ -18,6 +18,8 @@ from segment_anything.modeling import ImageEncoderViT
 from segment_anything.modeling.image_encoder import get_rel_pos, window_partition, window_unpartition
 from torch import nn
 
+from .execution import run_checkpointed
+
 logger = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("none", "qkv_proj", "full")
@@ -65,6 +67,8 @@ class SamEncoder(nn.Module):
             **params,
         )
         self.set_finetune(finetune)
+        # recompute each block's activations in backward instead of storing them (set by LMSeg)
+        self.checkpoint_activations = False
 
     @property
     def grid_size(self) -> int:
@@ -93,7 +97,7 @@ class SamEncoder(nn.Module):
             pos = pos.permute(0, 2, 3, 1)
         x = x + pos.to(x.dtype)
         for block in enc.blocks:
-            x = _block_forward(block, x)
+            x = run_checkpointed(self.checkpoint_activations, _block_forward, block, x)
         return enc.neck(x.permute(0, 3, 1, 2))
 
     def load_checkpoint(self, path_or_url: str) -> None:

@@ -6,7 +6,7 @@ averaged where they overlap and blended with the whole view's (CAT-Seg's inferen
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ class SlidingWindows:
             starts.append(grid - window)
         # (y, x) of each window's top-left corner on the grid image, row by row
         self.offsets: List[Tuple[int, int]] = [(y, x) for y in starts for x in starts]
+        self._tables: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     @property
     def num_views(self) -> int:
@@ -72,15 +73,30 @@ class SlidingWindows:
         return torch.tensor([[i, *a] for i in range(num_images) for a in areas], device=device)
 
     def fold(self, logits: torch.Tensor) -> torch.Tensor:
-        """Scores (T, grid, grid) from the logits (num_views, T, h, w) of one image's views."""
+        """Scores (T, grid, grid) from the logits (num_views, T, h, w) of one image's views.
+
+        The windows' scores are summed onto the grid by one ``index_add_`` over all windows, and
+        divided by the number of windows covering each cell.
+        """
         grid, size = self.grid, self.window
-        probs = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False).sigmoid()
-        t = probs.shape[1]
-        acc = probs.new_zeros(t, grid, grid)
-        count = probs.new_zeros(1, grid, grid)
-        for (y, x), p in zip(self.offsets, probs[:-1]):
-            acc[:, y : y + size, x : x + size] += p
-            count[:, y : y + size, x : x + size] += 1
-        whole = F.interpolate(probs[-1:], size=(grid, grid), mode="bilinear", align_corners=False)[0]
+        # resized class-major, (T, views, size, size), so that the windows of a class are adjacent
+        probs = F.interpolate(logits.transpose(0, 1), size=(size, size), mode="bilinear", align_corners=False).sigmoid()
+        t, wins = probs.shape[0], len(self.offsets)
+        index, inverse_count = self._fold_tables(probs.device)
+        acc = probs.new_zeros(t, grid * grid).index_add_(1, index, probs[:, :wins].reshape(t, wins * size * size))
+        whole = F.interpolate(probs[None, :, -1], size=(grid, grid), mode="bilinear", align_corners=False)[0]
         w = self.global_weight
-        return (1 - w) * (acc / count) + w * whole
+        return (1 - w) * (acc.view(t, grid, grid) * inverse_count.to(acc.dtype)) + w * whole
+
+    def _fold_tables(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The grid cell (flat index) of every cell of every window, in window order, and 1 / the
+        number of windows covering each grid cell (grid, grid); computed once per device."""
+        if self._tables is None or self._tables[0].device != device:
+            grid, size = self.grid, self.window
+            cells = torch.arange(size, device=device)
+            index = torch.cat(
+                [((y + cells)[:, None] * grid + (x + cells)[None, :]).flatten() for y, x in self.offsets]
+            )
+            count = torch.zeros(grid * grid, device=device).index_add_(0, index, torch.ones_like(index, dtype=torch.float))
+            self._tables = (index, count.reciprocal().view(grid, grid))
+        return self._tables
