@@ -79,27 +79,24 @@ def _exif_rotated_jpeg(path, array, orientation=6):
     image.save(path, exif=exif)
 
 
-def test_folder_dataset_checks_labels_against_the_upright_image(tmp_path):
-    """A camera JPEG stored 40 wide x 24 high with "rotate 90" is 24 wide x 40 high upright: its
-    label must be 40 x 24 (H x W), and a label of the stored size is reported up front."""
-    root = tmp_path / "data"
-    write_folder_dataset(str(root), ["a", "b"], [np.zeros((40, 24), np.uint8)])
+def _rotated_folder(root, label_hw):
+    """A folder dataset of one camera JPEG stored 40 wide x 24 high with EXIF "rotate 90" (24 wide
+    x 40 high upright) and a label of ``label_hw``; returns its registered name."""
+    write_folder_dataset(str(root), ["a", "b"], [np.zeros(label_hw, np.uint8)])
     image_file = next((root / "images").iterdir())
     image_file.unlink()
     _exif_rotated_jpeg(root / "images" / (image_file.stem + ".jpg"), np.zeros((24, 40, 3), np.uint8))
     name = f"sem_seg_folder:{root}"
     ensure_datasets_registered([name])
-    assert len(DatasetCatalog.get(name)) == 1
+    return name
 
-    wrong = tmp_path / "wrong"
-    write_folder_dataset(str(wrong), ["a", "b"], [np.zeros((24, 40), np.uint8)])
-    image_file = next((wrong / "images").iterdir())
-    image_file.unlink()
-    _exif_rotated_jpeg(wrong / "images" / (image_file.stem + ".jpg"), np.zeros((24, 40, 3), np.uint8))
-    name = f"sem_seg_folder:{wrong}"
-    ensure_datasets_registered([name])
+
+def test_folder_dataset_checks_labels_against_the_upright_image(tmp_path):
+    """The upright image is 40 high x 24 wide: its label must be 40 x 24 (H x W), and a label of
+    the stored size is reported up front."""
+    assert len(DatasetCatalog.get(_rotated_folder(tmp_path / "data", (40, 24)))) == 1
     with pytest.raises(ValueError, match="problem"):
-        DatasetCatalog.get(name)
+        DatasetCatalog.get(_rotated_folder(tmp_path / "wrong", (24, 40)))
 
 
 def test_benchmark_tool_refuses_an_iteration_count_with_nothing_to_time():
