@@ -3,11 +3,18 @@
 Importing the package registers the ``LMSeg`` meta-architecture with detectron2 and the benchmark
 datasets with its catalogs.
 """
-from . import data  # noqa: F401  (registers the datasets)
-from . import modeling  # noqa: F401  (registers the meta-architecture)
-from .api import Segmentation, Segmenter
-from .config import add_lmseg_config
-from .modeling import LMSeg
+import warnings
+
+# detectron2 (2024) and fvcore script a few functions with torch.jit at import, which current
+# PyTorch deprecates: a warning about their code, printed at the start of every command, that a
+# user of LMSeg can do nothing about.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
+from . import data  # noqa: E402,F401  (registers the datasets)
+from . import modeling  # noqa: E402,F401  (registers the meta-architecture)
+from .api import Segmentation, Segmenter  # noqa: E402
+from .config import add_lmseg_config  # noqa: E402
+from .modeling import LMSeg  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -12,16 +12,14 @@ together ("a wall, which is usually painted white, beige or pale grey"), and eve
 must fit CLIP's context of 77 tokens, counted with CLIP's own tokenizer, so nothing is ever cut.
 :func:`validate_descriptions` is the single check used by the generator, the model and the tests.
 
-Run ``python -m lmseg.descriptions FILE [--vocabulary datasets/<vocabulary>.json]`` to check a file.
+Run ``python -m prompt_gen.check FILE [--vocabulary datasets/<vocabulary>.json]`` to check a file.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -209,28 +207,3 @@ def load_descriptions(path: str, vocabulary: Optional[Sequence[str]] = None) -> 
     except json.JSONDecodeError as e:
         raise DescriptionError(f"{path}: not valid JSON ({e})") from None
     return validate_descriptions(data, source=path, vocabulary=vocabulary)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmseg.descriptions", description="Check descriptions files.")
-    parser.add_argument("files", nargs="+", help="descriptions JSON files")
-    parser.add_argument("--vocabulary", help="the vocabulary JSON (a list of names) the file must cover exactly")
-    args = parser.parse_args(argv)
-    vocabulary = None
-    if args.vocabulary:
-        with open(args.vocabulary, encoding="utf-8") as f:
-            vocabulary = json.load(f)
-    status = 0
-    for path in args.files:
-        try:
-            data = load_descriptions(path, vocabulary)
-        except (OSError, DescriptionError) as e:
-            print(e, file=sys.stderr)
-            status = 1
-        else:
-            print(f"{path}: {len(data)} entries, all valid")
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

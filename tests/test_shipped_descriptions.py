@@ -2,6 +2,8 @@
 vocabulary, every entry and attribute described, every prompt within CLIP's context, no two entries
 of a vocabulary sharing a text; and each benchmark's metadata names its own file."""
 import os
+import subprocess
+import sys
 
 import pytest
 from detectron2.data import MetadataCatalog
@@ -34,3 +36,20 @@ def test_every_benchmark_names_its_own_descriptions_file():
     for b in benchmarks():
         assert MetadataCatalog.get(b.name).descriptions == os.path.join(str(FOLDER), f"{b.vocabulary}.json")
         assert b.vocabulary in VOCABULARIES
+
+
+def test_check_command_accepts_a_shipped_file_and_lists_problems(tmp_path):
+    """`python -m prompt_gen.check`, as prompt_gen/README.md shows it."""
+    ok = subprocess.run(
+        [sys.executable, "-m", "prompt_gen.check", "prompt_gen/descriptions/voc20.json", "--vocabulary", "datasets/voc20.json"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "prompt_gen/descriptions/voc20.json: 20 entries, all valid" in ok.stdout
+    assert "Warning" not in ok.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"wall": {"color": "a white wall", "shape": "flat"}}')
+    proc = subprocess.run([sys.executable, "-m", "prompt_gen.check", str(bad)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "missing texture" in proc.stderr and "repeats the class name 'wall'" in proc.stderr
+    assert "Traceback" not in proc.stderr
