@@ -1,13 +1,16 @@
 """Shared helpers for the model tests: the tiny config, models built from it, synthetic batches."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import List, Sequence
 
 import torch
 from detectron2.modeling import build_model
+from segment_anything.modeling import ImageEncoderViT
 
 from lmseg.config import get_lmseg_cfg
+from lmseg.modeling.sam_encoder import SamEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
@@ -56,3 +59,21 @@ def eval_batch(num_images: int = 1, hw=(72, 96), out_hw=(90, 120), seed: int = 0
 def scores(model, batch) -> List[torch.Tensor]:
     with torch.no_grad():
         return [o["sem_seg"] for o in model(batch)]
+
+
+def tiny_sam_with_values(input_size: int, std: float = 0.2) -> SamEncoder:
+    """The tiny SAM encoder (eval mode) with every tensor, position tables included, drawn from
+    N(0, std), so that no part of it computes a trivial value."""
+    sam = SamEncoder("tiny", input_size=input_size).eval()
+    with torch.no_grad():
+        for p in sam.parameters():
+            p.normal_(0, std)
+    return sam
+
+
+def segment_anything_tiny_encoder(img_size: int) -> ImageEncoderViT:
+    """segment_anything's own image encoder with the tiny SAM's architecture, built at ``img_size``."""
+    return ImageEncoderViT(
+        img_size=img_size, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,),
+        out_chans=32, use_rel_pos=True, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+    ).eval()

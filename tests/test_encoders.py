@@ -1,16 +1,14 @@
 """The CLIP and SAM wrappers against open_clip and segment_anything, and weight loading from files."""
 import copy
-from functools import partial
 
 import open_clip
 import pytest
 import torch
-from segment_anything.modeling import ImageEncoderViT
 
 from lmseg.modeling.clip_encoder import ClipEncoder, SplitQKVAttention, create_open_clip
 from lmseg.modeling.sam_encoder import SamEncoder
 
-from model_helpers import eval_batch, scores, tiny_model
+from model_helpers import eval_batch, scores, segment_anything_tiny_encoder, tiny_model, tiny_sam_with_values
 
 
 def _open_clip_tiny(seed=0):
@@ -82,14 +80,8 @@ def test_clip_dense_features_are_the_value_path_of_the_last_block():
 
 def test_sam_encoder_matches_segment_anything_at_native_size():
     torch.manual_seed(0)
-    ours = SamEncoder("tiny", input_size=64).eval()
-    ref = ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=4,
-                          global_attn_indexes=(1,), out_chans=32, use_rel_pos=True, qkv_bias=True,
-                          norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)).eval()
-    # give every tensor (position tables included) non-trivial values
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.normal_(0, 0.2)
+    ours = tiny_sam_with_values(64)
+    ref = segment_anything_tiny_encoder(64)
     ref.load_state_dict(ours.encoder.state_dict())
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -156,10 +148,8 @@ def test_sam_fused_attention_blocks_match_segment_anything_at_any_size():
     from lmseg.modeling.sam_encoder import _block_forward
 
     torch.manual_seed(0)
-    sam = SamEncoder("tiny", input_size=64).eval()
+    sam = tiny_sam_with_values(64)
     with torch.no_grad():
-        for p in sam.parameters():
-            p.normal_(0, 0.2)
         for size in (4, 6, 9):  # window 4: exact, padded windows; global: resized position tables
             x = torch.randn(2, size, size, 32)
             for block in sam.encoder.blocks:

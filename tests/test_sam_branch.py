@@ -1,16 +1,14 @@
 """SAM's branch checked by values: what SAM receives, which part of its features each view takes,
 and that a non-zero SAM projection reaches the outputs the same way on every inference path."""
-from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
-from lmseg.modeling.sam_encoder import SamEncoder
-
-from model_helpers import VOCAB, eval_batch, scores, tiny_model, train_batch
+from model_helpers import (
+    VOCAB, eval_batch, scores, segment_anything_tiny_encoder, tiny_model, tiny_sam_with_values, train_batch,
+)
 
 # SAM's published normalisation (0-255 RGB)
 SAM_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
@@ -169,13 +167,8 @@ def test_sam_position_embedding_and_tables_are_resized_for_another_input_size():
     # 128 computes with the bicubically resized position embedding and the linearly resized
     # relative position tables of its global block.
     torch.manual_seed(0)
-    ours = SamEncoder("tiny", input_size=128).eval()
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.normal_(0, 0.2)
-    ref = ImageEncoderViT(img_size=128, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=4,
-                          global_attn_indexes=(1,), out_chans=32, use_rel_pos=True, qkv_bias=True,
-                          norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
+    ours = tiny_sam_with_values(128)
+    ref = segment_anything_tiny_encoder(128)
     state = dict(ours.encoder.state_dict())
     pos = state["pos_embed"].permute(0, 3, 1, 2)  # (1, C, 4, 4)
     state["pos_embed"] = F.interpolate(pos, size=(8, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
