@@ -13,9 +13,9 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 from . import data  # noqa: E402,F401  (registers the datasets)
 from . import modeling  # noqa: E402,F401  (registers the meta-architecture)
 from .api import Segmentation, Segmenter  # noqa: E402
-from .config import add_lmseg_config  # noqa: E402
+from .config import add_lmseg_config, get_config_file  # noqa: E402
 from .modeling import LMSeg  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["LMSeg", "Segmentation", "Segmenter", "add_lmseg_config", "__version__"]
+__all__ = ["LMSeg", "Segmentation", "Segmenter", "add_lmseg_config", "get_config_file", "__version__"]

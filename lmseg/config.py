@@ -3,11 +3,11 @@
 Every key is commented where it is defined. Defaults describe LMSeg with CLIP ViT-B/16 and SAM ViT-B;
 ``configs/*.yaml`` override what differs (ViT-L, the tiny test model, CAT-Seg's setting, ablations).
 """
-from typing import Sequence
+import os
+from pathlib import Path
+from typing import List, Sequence
 
 from detectron2.config import CfgNode as CN
-
-from .data.config import add_data_config
 
 SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 
@@ -15,9 +15,45 @@ SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec6
 def add_lmseg_config(cfg: CN) -> None:
     """Add LMSeg's keys (model, data, solver, test) to a detectron2 config, in place."""
     _add_model_config(cfg)
-    add_data_config(cfg)
+    _add_data_config(cfg)
     _add_test_config(cfg)
     _add_solver_config(cfg)
+
+
+def config_dir() -> Path:
+    """The folder of LMSeg's configs: ``configs/`` of a checkout, installed as ``lmseg/configs``."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def list_config_files() -> List[str]:
+    """The names of the shipped configs, relative to :func:`config_dir` ("vitb.yaml", ...)."""
+    root = config_dir()
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))
+
+
+def get_config_file(name: str) -> str:
+    """The path of a shipped config by its name, as detectron2's ``model_zoo.get_config_file`` does:
+    ``get_config_file("vitb.yaml")``, ``get_config_file("ablations/clip_only.yaml")``. Works from a
+    checkout and from an installed package alike."""
+    path = config_dir() / name
+    if not path.is_file():
+        shown = ", ".join(list_config_files())
+        raise FileNotFoundError(f"LMSeg has no config {name!r}; the shipped ones are: {shown}")
+    return str(path)
+
+
+def resolve_config_file(config_file: str) -> str:
+    """A config file's path: an existing file as given, else the shipped config of that name
+    ("vitb.yaml" or "configs/vitb.yaml" from any folder)."""
+    if os.path.isfile(config_file):
+        return config_file
+    name = config_file[len("configs/"):] if config_file.startswith("configs/") else config_file
+    if (config_dir() / name).is_file():
+        return str(config_dir() / name)
+    raise FileNotFoundError(
+        f"config file {config_file!r} not found (and it is not one of LMSeg's configs: "
+        f"{', '.join(list_config_files())})"
+    )
 
 
 def get_lmseg_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
@@ -28,7 +64,7 @@ def get_lmseg_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     cfg = get_cfg()
     add_lmseg_config(cfg)
     if config_file:
-        cfg.merge_from_file(str(config_file))
+        cfg.merge_from_file(resolve_config_file(str(config_file)))
     cfg.merge_from_list(list(opts))
     return cfg
 
@@ -118,7 +154,7 @@ def _add_model_config(cfg: CN) -> None:
     # Where the descriptions of a vocabulary come from when it has none of its own (registered
     # benchmarks have their own: the "descriptions" file of their metadata): a descriptions JSON
     # (format: prompt_gen/README.md), a folder of them (the first file, in name order, describing a
-    # name wins), or "" for the shipped folder prompt_gen/descriptions. A class described nowhere
+    # name wins), or "" for the shipped bank (lmseg/descriptions/data). A class described nowhere
     # gets the template in its description slots (logged).
     cfg.MODEL.PROMPTS.DESCRIPTIONS = ""
     # Asking an LLM (OpenAI or any OpenAI-compatible server) for the classes described nowhere,
@@ -184,6 +220,26 @@ def _add_model_config(cfg: CN) -> None:
     # blocks, per class chunk) and "decoder" (per class chunk). Gradients are identical; each listed
     # part runs its forward twice. [] = store everything (fastest, most memory).
     cfg.MODEL.LMSEG.ACTIVATION_CHECKPOINTING = []
+
+
+def _add_data_config(cfg: CN) -> None:
+    """The training mapper's keys.
+
+    The mapper also reads detectron2's own INPUT keys: MIN_SIZE_TRAIN, MAX_SIZE_TRAIN,
+    MIN_SIZE_TRAIN_SAMPLING, MIN_SIZE_TEST, MAX_SIZE_TEST, CROP.{ENABLED,TYPE,SIZE}, RANDOM_FLIP
+    and FORMAT (the model expects "RGB").
+    """
+    # Largest fraction of a training crop that a single category may cover (ignored pixels not
+    # counted): a crop is drawn again, up to 10 times, until no category covers more. 1.0 turns
+    # the limit off.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # Colour augmentation of training images: detectron2's ColorAugSSDTransform (random brightness,
+    # contrast, saturation and hue changes, as in SSD), which Mask2Former and CAT-Seg use.
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # Pad training images and labels at the bottom and right to a multiple of this (labels with the
+    # ignore value). <= 0: no padding beyond the crop size (an "absolute" crop larger than the
+    # resized image is always padded to the crop size).
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
 
 
 def _add_test_config(cfg: CN) -> None:

@@ -1,4 +1,4 @@
-"""``python -m prompt_gen --classes datasets/ade150.json --out prompt_gen/descriptions/ade150.json``"""
+"""``python -m prompt_gen --classes ade150 --out my_ade150.json``"""
 import sys
 
 from .cli import main

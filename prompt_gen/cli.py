@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from .generator import Endpoint, Generator, GeneratorError, Report, RetryPolicy, read_classes
+from lmseg.descriptions.generator import Endpoint, Generator, GeneratorError, Report, RetryPolicy, read_classes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of every class of a vocabulary, and write them to a descriptions file. Classes already "
         "described in --out are not asked again.",
     )
-    p.add_argument("--classes", required=True, help="the vocabulary: a JSON list of names (datasets/<vocabulary>.json) or a text file with one name a line")
+    p.add_argument("--classes", required=True, help="the vocabulary: a benchmark name (ade150, coco, ...), a JSON list of names, or a text file with one name a line")
     p.add_argument("--out", required=True, help="the descriptions JSON to write (and to complete, when it exists)")
     p.add_argument("--model", default="gpt-4o-mini", help="model name on the server (default: %(default)s)")
     p.add_argument("--base-url", default=None, help="server URL ending in /v1, e.g. http://localhost:8000/v1 for vLLM (default: $OPENAI_BASE_URL, else OpenAI)")

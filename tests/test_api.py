@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import lmseg.api as api
+import lmseg.images as images
 from lmseg import Segmentation, Segmenter
-from lmseg.api import InputError, parse_vocabulary
+from lmseg.api import parse_vocabulary
+from lmseg.images import InputError
 
-from model_helpers import REPO, TINY_CONFIG
+from tests.helpers.model_helpers import REPO, TINY_CONFIG
 
 VOCAB = "sky, grass|lawn ,house,red ball"
 
@@ -113,8 +115,8 @@ def test_every_image_kind_gives_the_labels_of_its_rgb_uint8_version(seg, tmp_pat
         np.testing.assert_array_equal(seg(value).label_map, gray_labels)
     # a dark float image is read as [0, 1], not as 0-255
     dark = np.full((8, 8, 3), 0.9)
-    assert (api.to_rgb(dark) == 230).all() and (api.to_rgb(dark * 255) == 230).all()
-    assert (api.to_rgb(np.full((2, 2), 65535, np.uint16)) == 255).all()
+    assert (images.to_rgb(dark) == 230).all() and (images.to_rgb(dark * 255) == 230).all()
+    assert (images.to_rgb(np.full((2, 2), 65535, np.uint16)) == 255).all()
 
 
 @pytest.mark.parametrize(
@@ -212,8 +214,8 @@ def test_sixteen_bit_files_are_scaled_not_clipped(tmp_path):
     rgb = np.stack([np.full((4, 5), 65535), np.full((4, 5), 257 * 100), np.full((4, 5), 257 * 3)], -1).astype(np.uint16)
     cv2.imwrite(str(tmp_path / "rgb16.png"), rgb[..., ::-1])  # OpenCV writes BGR
     Image.fromarray(np.full((4, 5), 257 * 200, np.uint16)).save(tmp_path / "gray16.png")
-    assert (api.read_image(tmp_path / "rgb16.png") == (255, 100, 3)).all()
-    assert (api.read_image(tmp_path / "gray16.png") == 200).all()
+    assert (images.read_image(tmp_path / "rgb16.png") == (255, 100, 3)).all()
+    assert (images.read_image(tmp_path / "gray16.png") == 200).all()
 
 
 def test_an_image_too_large_to_open_safely_is_refused(tmp_path):
@@ -225,4 +227,4 @@ def test_an_image_too_large_to_open_safely_is_refused(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     with pytest.raises(InputError, match="bomb.png: too large to open safely .*downscale it first"):
-        api.read_image(path)
+        images.read_image(path)

@@ -9,8 +9,8 @@ from detectron2.engine import default_argument_parser
 from lmseg.data import benchmarks, register_all_benchmarks
 from lmseg.engine import Trainer, setup
 
-from model_helpers import REPO, TINY_CONFIG
-from synthetic_datasets import write_benchmark
+from tests.helpers.model_helpers import REPO, TINY_CONFIG
+from tests.helpers.synthetic_datasets import write_benchmark
 
 
 @pytest.fixture()

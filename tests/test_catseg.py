@@ -1,5 +1,5 @@
 """CAT-Seg's checkpoints in LMSeg: the conversion both ways, loading through MODEL.WEIGHTS, LMSeg's
-CAT-Seg mode against the independent reference forward pass (tests/catseg_reference.py), and LMSeg
+CAT-Seg mode against the independent reference forward pass (tests/helpers/catseg_reference.py), and LMSeg
 started from a CAT-Seg checkpoint.
 
 The models are CAT-Seg's format at reduced CLIP sizes (the head and the 24 x 24 grid as published),
@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 
-import catseg_reference as ref
+from tests.helpers import catseg_reference as ref
 from lmseg.config import get_lmseg_cfg
-from lmseg.catseg import CatSegFormatError, convert_catseg_to_lmseg, convert_lmseg_to_catseg
+from lmseg.checkpoint.catseg import CatSegFormatError, convert_catseg_to_lmseg, convert_lmseg_to_catseg
 from lmseg.checkpoint import LMSegCheckpointer, load_weights
 from lmseg.modeling.sam_encoder import SamEncoder
 
-from model_helpers import REPO
+from tests.helpers import load_tool
+from tests.helpers.model_helpers import REPO
 
 NAMES = ["wall", "cat, kitty", "sky", "chest of drawers"]
 MANY = ["wall", "sky", "tree", "road", "person", "car"]
@@ -256,12 +257,7 @@ def test_loading_is_strict(checkpoints, tmp_path):
 
 def _tool():
     """tools/convert_catseg.py as a module."""
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import convert_catseg
-    finally:
-        sys.path.remove(str(REPO / "tools"))
-    return convert_catseg
+    return load_tool("convert_catseg")
 
 
 def test_convert_tool_end_to_end(checkpoints, tmp_path):

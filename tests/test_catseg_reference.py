@@ -1,4 +1,4 @@
-"""Checks of the CAT-Seg reference implementation (tests/catseg_reference.py) itself.
+"""Checks of the CAT-Seg reference implementation (tests/helpers/catseg_reference.py) itself.
 
 (a) its CLIP towers against open_clip with the same weights; (b) its state-dict format against the
 listing of CAT-Seg's checkpoint format in tests/data/catseg_checkpoint_format.md; (c) smoke runs of both inference paths at
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import catseg_reference as ref
+from tests.helpers import catseg_reference as ref
 
 # The listing of CAT-Seg's checkpoint tensors (from the design notes), kept with the tests.
 SPEC = Path(__file__).resolve().parent / "data" / "catseg_checkpoint_format.md"

@@ -19,8 +19,8 @@ from PIL import Image
 from lmseg.data import ensure_datasets_registered
 from lmseg.engine import Trainer, setup
 
-from model_helpers import REPO, TINY_CONFIG
-from synthetic_datasets import write_folder_dataset, write_learnable_folder_dataset
+from tests.helpers.model_helpers import REPO, TINY_CONFIG
+from tests.helpers.synthetic_datasets import write_folder_dataset, write_learnable_folder_dataset
 
 
 def _run(*args, timeout=600):

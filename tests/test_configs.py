@@ -7,7 +7,7 @@ from detectron2.modeling import build_model
 
 from lmseg.config import get_lmseg_cfg
 
-from model_helpers import REPO, TINY_CONFIG
+from tests.helpers.model_helpers import REPO, TINY_CONFIG
 
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
 ABLATIONS = [c for c in CONFIGS if "/ablations/" in c]

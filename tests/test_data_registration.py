@@ -16,7 +16,7 @@ from lmseg.data import (
     register_all_benchmarks,
     register_folder_dataset,
 )
-from synthetic_datasets import write_benchmark, write_folder_dataset, write_image, write_label
+from tests.helpers.synthetic_datasets import write_benchmark, write_folder_dataset, write_image, write_label
 
 BENCHMARKS = {b.name: b for b in benchmarks()}
 EXPECTED = {

@@ -5,23 +5,21 @@ import random
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.projects.point_rend import ColorAugSSDTransform
 
+from lmseg.config import get_lmseg_cfg
 from lmseg.data import (
     SemanticSegmentationDatasetMapper,
-    add_data_config,
     ensure_datasets_registered,
     register_all_benchmarks,
 )
 from lmseg.data.datasets.benchmarks import benchmarks
-from synthetic_datasets import write_benchmark, write_folder_dataset
+from tests.helpers.synthetic_datasets import write_benchmark, write_folder_dataset
 
 
 def _cfg(dataset: str, min_size: int, crop=None, flip: str = "none", max_area: float = 1.0):
-    cfg = get_cfg()
-    add_data_config(cfg)
+    cfg = get_lmseg_cfg()
     cfg.INPUT.FORMAT = "RGB"
     cfg.DATASETS.TRAIN = (dataset,)
     cfg.DATASETS.TEST = (dataset,)

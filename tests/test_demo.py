@@ -2,7 +2,6 @@
 the default model's download and its offline fallback, and agreement with lmseg.Segmenter."""
 import functools
 import http.server
-import importlib.util
 import io
 import json
 import os
@@ -20,23 +19,17 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from lmseg import Segmenter
-from lmseg.api import read_image
+from lmseg.images import read_image
 from lmseg.visualize import _font_path_for, _font_paths, draw_overlay
 
-from model_helpers import REPO, TINY_CONFIG, tiny_cfg
+from tests.helpers.model_helpers import REPO, TINY_CONFIG, tiny_cfg
 
 VOCAB = " sky , grass|lawn,house, red ball "
 VOCAB_NAMES = ["sky", "grass, lawn", "house", "red ball"]
 
 
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("lmseg_demo_script", REPO / "demo" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
+from lmseg.demo import cli as demo
+from lmseg.demo import common as demo_common
 
 
 @pytest.fixture(scope="module")
@@ -244,9 +237,9 @@ def test_default_model_is_downloaded_once_or_the_offline_check_runs(tmp_path, mo
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     image = _save(tmp_path / "img.png", Image.fromarray(_photo(24, 32)))
     monkeypatch.setenv("LMSEG_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(demo, "DEFAULT_CONFIG", REPO / "configs" / "tiny.yaml")  # stands for CAT-Seg ViT-B
+    monkeypatch.setattr(demo_common, "DEFAULT_CONFIG", TINY_CONFIG)  # stands for CAT-Seg ViT-B
     try:
-        monkeypatch.setattr(demo, "CATSEG_VITB_URL", f"http://127.0.0.1:{httpd.server_address[1]}/model_base.pth")
+        monkeypatch.setattr(demo_common, "CATSEG_VITB_URL", f"http://127.0.0.1:{httpd.server_address[1]}/model_base.pth")
         assert demo.main(["--input", str(image), "--vocab", VOCAB, "--output", str(tmp_path / "a")]) == 0
         assert (tmp_path / "cache" / "model_base.pth").read_bytes() == (served / "model_base.pth").read_bytes()
         seg = Segmenter.from_config(TINY_CONFIG, weights=weights)
@@ -257,12 +250,12 @@ def test_default_model_is_downloaded_once_or_the_offline_check_runs(tmp_path, mo
     capsys.readouterr()
     monkeypatch.chdir(tmp_path)  # the default output folder is relative
     monkeypatch.setenv("LMSEG_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setattr(demo, "CATSEG_VITB_URL", "http://127.0.0.1:1/model_base.pth")  # nothing listens there
+    monkeypatch.setattr(demo_common, "CATSEG_VITB_URL", "http://127.0.0.1:1/model_base.pth")  # nothing listens there
     assert demo.main(["--input", str(image), "--vocab", VOCAB]) == 0
     err = capsys.readouterr().err
     assert re.search(r"Cannot fetch the default weights: cannot reach 127\.0\.0\.1:1 to download model_base\.pth", err)
     assert f"put it at {tmp_path / 'empty' / 'model_base.pth'}" in err
-    assert "Running the offline installation check instead, on configs/tiny.yaml" in err
+    assert "Running the offline installation check instead, on tiny.yaml" in err
     assert "Writing the results to demo_output/" in err
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from lmseg.modeling import FUSION_MODES
 
-from model_helpers import REPO
-from synthetic_datasets import write_learnable_folder_dataset
+from tests.helpers.model_helpers import REPO
+from tests.helpers.synthetic_datasets import write_learnable_folder_dataset
 
 # 3 classes, class cap 2: the class attention's padding tokens are not needed by any view
 OVER_CAP = ["MODEL.LMSEG.CLASS_CAP", "2"]
@@ -32,7 +32,7 @@ def results(tmp_path_factory):
     train = write_learnable_folder_dataset(str(root / "train"), num_images=8, size=48, num_classes=3, seed=0)
     runs = [f"{name}={','.join(opts)}" for name, opts in RUNS.items()]
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "distributed_modes.py"), f"sem_seg_folder:{train}", str(root), *runs],
+        [sys.executable, "-m", "tests.helpers.distributed_modes", f"sem_seg_folder:{train}", str(root), *runs],
         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

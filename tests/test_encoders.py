@@ -8,7 +8,7 @@ import torch
 from lmseg.modeling.clip_encoder import ClipEncoder, SplitQKVAttention, create_open_clip
 from lmseg.modeling.sam_encoder import SamEncoder
 
-from model_helpers import eval_batch, scores, segment_anything_tiny_encoder, tiny_model, tiny_sam_with_values
+from tests.helpers.model_helpers import eval_batch, scores, segment_anything_tiny_encoder, tiny_model, tiny_sam_with_values
 
 
 def _open_clip_tiny(seed=0):

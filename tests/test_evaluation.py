@@ -9,7 +9,7 @@ import torch
 from lmseg.data import register_all_benchmarks
 from lmseg.data.datasets.benchmarks import benchmarks
 from lmseg.evaluation import LMSegSemSegEvaluator
-from synthetic_datasets import write_benchmark, write_folder_dataset
+from tests.helpers.synthetic_datasets import write_benchmark, write_folder_dataset
 
 BENCHMARKS = {b.name: b for b in benchmarks()}
 

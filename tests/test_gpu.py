@@ -5,7 +5,7 @@ import torch
 
 from lmseg.engine import TrainStep
 
-from model_helpers import VOCAB, eval_batch, scores, tiny_model, train_batch
+from tests.helpers.model_helpers import VOCAB, eval_batch, scores, tiny_model, train_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -10,7 +10,7 @@ from lmseg.modeling.loss import sem_seg_bce_loss
 from lmseg.modeling.meta_arch import EXCLUDED_LOGIT
 from lmseg.modeling.summary import parameter_summary
 
-from model_helpers import VOCAB, eval_batch, scores, tiny_cfg, tiny_model, train_batch
+from tests.helpers.model_helpers import VOCAB, eval_batch, scores, tiny_cfg, tiny_model, train_batch
 
 
 def _snapshot(model):
@@ -310,7 +310,7 @@ def test_model_summary_tool_prints_the_parts():
     import subprocess
     import sys
 
-    from model_helpers import REPO, TINY_CONFIG
+    from tests.helpers.model_helpers import REPO, TINY_CONFIG
 
     proc = subprocess.run([sys.executable, "tools/model_summary.py", "--config-file", TINY_CONFIG], cwd=REPO,
                           capture_output=True, text=True, timeout=300)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from lmseg.catseg import convert_lmseg_to_catseg
+from lmseg.checkpoint.catseg import convert_lmseg_to_catseg
 from lmseg.checkpoint import load_weights, pretrained_parts_in
 
-from model_helpers import REPO, VOCAB, eval_batch, scores, tiny_cfg
+from tests.helpers.model_helpers import REPO, VOCAB, eval_batch, scores, tiny_cfg
 
 # The tiny CLIP's architecture under a name of the test's own, with a pretrained tag open_clip
 # downloads from the test's server (LMSeg's own tiny CLIP takes weights from files only).

@@ -17,7 +17,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from lmseg.data import load_vocabulary, read_label, register_all_benchmarks
-from synthetic_datasets import write_image
+from tests.helpers.synthetic_datasets import write_image
 
 DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
 

@@ -1,4 +1,4 @@
-"""prompt_gen against a real chat-completions server on 127.0.0.1 (tests/llm_server.py)."""
+"""prompt_gen against a real chat-completions server on 127.0.0.1 (tests/helpers/llm_server.py)."""
 import json
 import os
 import subprocess
@@ -9,8 +9,8 @@ import pytest
 
 from lmseg.descriptions import prompt_name, validate_descriptions
 from prompt_gen.cli import main
-from prompt_gen.generator import read_classes
-from llm_server import ChatServer, completion, fake_entry, good_answer
+from lmseg.descriptions.generator import read_classes
+from tests.helpers.llm_server import ChatServer, completion, fake_entry, good_answer
 
 KEY = "sk-test-5f3a9c0e7d1b"
 VOCABULARY = ["wall", "fence", "sofa, couch", "bed ", "grass", "tree", "person", "sky"]

@@ -14,9 +14,9 @@ from lmseg.descriptions import DescriptionError, compose_prompt
 from lmseg.engine import Trainer
 from lmseg.modeling.prompts import PromptBuilder
 
-from llm_server import ChatServer, fake_entry
-from model_helpers import eval_batch, scores, tiny_cfg, tiny_model
-from synthetic_datasets import write_folder_dataset
+from tests.helpers.llm_server import ChatServer, fake_entry
+from tests.helpers.model_helpers import eval_batch, scores, tiny_cfg, tiny_model
+from tests.helpers.synthetic_datasets import write_folder_dataset
 
 TEMPLATE = "A photo of a {} in the scene"
 # LMSeg's prompts (the tiny config keeps the template alone): the template and three descriptions

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_helpers import (
+from tests.helpers.model_helpers import (
     VOCAB, eval_batch, scores, segment_anything_tiny_encoder, tiny_model, tiny_sam_with_values, train_batch,
 )
 

@@ -1,4 +1,5 @@
-"""The shipped descriptions (prompt_gen/descriptions/<vocabulary>.json): one per benchmark
+"""The shipped descriptions (lmseg/descriptions/data/<vocabulary>.json, also reached as
+prompt_gen/descriptions/<vocabulary>.json): one per benchmark
 vocabulary, every entry and attribute described, every prompt within CLIP's context, no two entries
 of a vocabulary sharing a text; and each benchmark's metadata names its own file."""
 import os
@@ -11,10 +12,10 @@ from detectron2.data import MetadataCatalog
 from lmseg.data import benchmarks, load_vocabulary, register_all_benchmarks
 from lmseg.descriptions import ATTRIBUTES, load_descriptions
 
-from model_helpers import REPO
+from tests.helpers.model_helpers import REPO
 
 VOCABULARIES = ["coco", "ade150", "pc59", "voc20", "voc20b", "pc459", "ade847"]
-FOLDER = REPO / "prompt_gen" / "descriptions"
+FOLDER = REPO / "lmseg" / "descriptions" / "data"
 
 
 @pytest.mark.parametrize("vocabulary", VOCABULARIES)
@@ -22,13 +23,18 @@ def test_shipped_file_covers_its_vocabulary_within_the_token_budget(vocabulary):
     path = FOLDER / f"{vocabulary}.json"
     assert path.is_file(), (
         f"{path.relative_to(REPO)} is missing: every benchmark vocabulary ships its descriptions "
-        f"(write them, or generate them with python -m prompt_gen --classes datasets/{vocabulary}.json --out {path.relative_to(REPO)})"
+        f"(write them, or generate them with python -m prompt_gen --classes {vocabulary} --out {path.relative_to(REPO)})"
     )
     names = load_vocabulary(vocabulary)
     # validates keys, non-empty attributes, no class name repeated, the 77-token budget with CLIP's
     # tokenizer, exact coverage of the vocabulary and no text shared by two entries
     data = load_descriptions(str(path), vocabulary=names)
     assert len(data) == len(names) and all(set(entry) == set(ATTRIBUTES) for entry in data.values())
+
+
+def test_the_contract_path_points_to_the_shipped_files():
+    for vocabulary in VOCABULARIES:
+        assert (REPO / "prompt_gen" / "descriptions" / f"{vocabulary}.json").resolve() == (FOLDER / f"{vocabulary}.json").resolve()
 
 
 def test_every_benchmark_names_its_own_descriptions_file():
@@ -41,7 +47,7 @@ def test_every_benchmark_names_its_own_descriptions_file():
 def test_check_command_accepts_a_shipped_file_and_lists_problems(tmp_path):
     """`python -m prompt_gen.check`, as prompt_gen/README.md shows it."""
     ok = subprocess.run(
-        [sys.executable, "-m", "prompt_gen.check", "prompt_gen/descriptions/voc20.json", "--vocabulary", "datasets/voc20.json"],
+        [sys.executable, "-m", "prompt_gen.check", "prompt_gen/descriptions/voc20.json", "--vocabulary", "voc20"],
         cwd=REPO, capture_output=True, text=True,
     )
     assert ok.returncode == 0, ok.stderr

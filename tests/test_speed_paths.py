@@ -16,8 +16,8 @@ from lmseg.engine import Trainer, setup
 from lmseg.modeling import norms
 from lmseg.modeling.sliding import SlidingWindows
 
-from model_helpers import TINY_CONFIG, VOCAB, eval_batch, scores, tiny_model, train_batch
-from synthetic_datasets import write_folder_dataset
+from tests.helpers.model_helpers import TINY_CONFIG, VOCAB, eval_batch, scores, tiny_model, train_batch
+from tests.helpers.synthetic_datasets import write_folder_dataset
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -179,7 +179,7 @@ def test_test_compile_falls_back_with_a_warning(monkeypatch, caplog):
     plain = tiny_model()
     model = tiny_model("TEST.COMPILE", "True")
     batch = eval_batch()
-    with caplog.at_level(logging.WARNING, logger="lmseg.modeling.execution"):
+    with caplog.at_level(logging.WARNING, logger="lmseg.modeling.compilation"):
         out = scores(model, batch)[0]
         again = scores(model, batch)[0]
     torch.testing.assert_close(out, scores(plain, batch)[0], atol=0, rtol=0)
@@ -211,7 +211,7 @@ def test_benchmark_table_and_operator_counts_on_the_cpu(tmp_path):
     import subprocess
     import sys
 
-    from model_helpers import REPO
+    from tests.helpers.model_helpers import REPO
 
     table = tmp_path / "table.md"
     proc = subprocess.run(
@@ -248,7 +248,7 @@ def test_benchmark_table_refuses_unknown_settings_up_front():
     import subprocess
     import sys
 
-    from model_helpers import REPO
+    from tests.helpers.model_helpers import REPO
 
     proc = subprocess.run(
         [sys.executable, "tools/benchmark.py", "table", "--markdown", "x.md", "--train-checkpointing", "all,encoder"],

@@ -10,7 +10,7 @@ from lmseg.modeling.fusion import FUSION_MODES, FeatureFusion, crop_and_resize
 from lmseg.modeling.loss import sem_seg_bce_loss
 from lmseg.modeling.sam_encoder import SamEncoder
 
-from model_helpers import VOCAB, eval_batch, scores, tiny_model, train_batch
+from tests.helpers.model_helpers import VOCAB, eval_batch, scores, tiny_model, train_batch
 
 B, T, P = 3, 5, 2
 

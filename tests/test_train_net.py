@@ -12,8 +12,8 @@ from detectron2.engine import HookBase, default_argument_parser
 
 from lmseg.engine import Trainer, setup
 
-from model_helpers import REPO, TINY_CONFIG
-from synthetic_datasets import write_learnable_folder_dataset
+from tests.helpers.model_helpers import REPO, TINY_CONFIG
+from tests.helpers.synthetic_datasets import write_learnable_folder_dataset
 
 
 def _run(args, cwd=REPO, timeout=600):

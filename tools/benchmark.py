@@ -29,16 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from detectron2.engine import HookBase
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.engine import HookBase  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from lmseg.config import get_lmseg_cfg, use_cpu_without_cuda  # noqa: E402
-from lmseg.data import load_vocabulary  # noqa: E402
-from lmseg.engine import Trainer  # noqa: E402
+from lmseg.config import get_lmseg_cfg, use_cpu_without_cuda
+from lmseg.data import load_vocabulary
+from lmseg.engine import Trainer
 
 
 def _device_name(device: str) -> str:

@@ -14,14 +14,10 @@ keeping LMSeg-format files, and --to-catseg for running LMSeg-trained CAT-Seg mo
 """
 import argparse
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from lmseg.catseg import (  # noqa: E402
+from lmseg.checkpoint.catseg import (
     CATSEG_GRID,
     CATSEG_WINDOW,
     CatSegFormatError,
@@ -29,7 +25,7 @@ from lmseg.catseg import (  # noqa: E402
     convert_lmseg_to_catseg,
     is_catseg_state,
 )
-from lmseg.io import atomic_save  # noqa: E402
+from lmseg.io import atomic_save
 
 
 def _parser() -> argparse.ArgumentParser:

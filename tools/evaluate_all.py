@@ -10,18 +10,15 @@ OUTPUT_DIR/benchmarks.md) and the full metrics to the same path with a .json suf
 """
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import comm
 
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-
-from lmseg.checkpoint import load_weights  # noqa: E402
-from lmseg.data import benchmarks, datasets_root  # noqa: E402
-from lmseg.engine import Trainer, setup  # noqa: E402
+from lmseg.checkpoint import load_weights
+from lmseg.data import benchmarks, datasets_root
+from lmseg.engine import Trainer, setup
 
 # The six zero-shot benchmarks, in the order of the papers' tables.
 ZERO_SHOT = [

@@ -7,15 +7,11 @@ No pretrained weights are loaded (CLIP and SAM are built randomly), so it runs a
 """
 import argparse
 import logging
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detectron2.modeling import build_model
 
-from detectron2.modeling import build_model  # noqa: E402
-
-from lmseg.config import get_lmseg_cfg  # noqa: E402
-from lmseg.modeling import format_parameter_summary  # noqa: E402
+from lmseg.config import get_lmseg_cfg
+from lmseg.modeling import format_parameter_summary
 
 
 def main(argv=None) -> None:

@@ -6,14 +6,10 @@ iteration state.
 """
 import argparse
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from lmseg.io import atomic_save  # noqa: E402
+from lmseg.io import atomic_save
 
 
 def strip_checkpoint(src: str, dst: str) -> dict:

@@ -1,4 +1,5 @@
-"""LMSeg's data: benchmark and folder datasets, vocabularies, label reading, the dataset mapper.
+"""LMSeg's data: the benchmarks' class lists, benchmark and folder datasets, label reading, the
+dataset mapper.
 
 Importing this package registers the eight benchmark datasets of ``datasets/README.md`` under
 ``$DETECTRON2_DATASETS`` (no dataset file is read until a dataset is listed). Their metadata, and
@@ -11,7 +12,6 @@ that of ``sem_seg_folder:<path>`` datasets, holds:
 - ``vocabulary``: the vocabulary's short name (a folder dataset: the path of its classes.json);
 - ``evaluator_type`` ("sem_seg"), ``image_root``, ``sem_seg_root``.
 """
-from .config import add_data_config
 from .dataset_mappers import SemanticSegmentationDatasetMapper
 from .datasets import (
     FOLDER_PREFIX,
@@ -23,13 +23,12 @@ from .datasets import (
     register_folder_dataset,
 )
 from .labels import read_label
-from .vocabulary import BENCHMARK_VOCABULARIES, load_vocabulary
+from .vocabularies import BENCHMARK_VOCABULARIES, load_vocabulary
 
 __all__ = [
     "BENCHMARK_VOCABULARIES",
     "FOLDER_PREFIX",
     "SemanticSegmentationDatasetMapper",
-    "add_data_config",
     "benchmarks",
     "datasets_root",
     "ensure_datasets_registered",

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .execution import run_checkpointed
+from .activation_checkpointing import run_checkpointed
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .execution import run_checkpointed
+from .activation_checkpointing import run_checkpointed
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
-from .execution import run_checkpointed
+from .activation_checkpointing import run_checkpointed
 
 
 def _conv_norm_relu(cin: int, cout: int, group_size: int) -> List[nn.Module]:

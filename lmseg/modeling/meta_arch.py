@@ -17,11 +17,13 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
+from .activation_checkpointing import check_checkpoint_parts
 from .aggregator import Aggregator, ClassAggregation, SpatialAggregation
+from .class_text import Vocabulary
 from .clip_encoder import ClipEncoder, build_clip_encoder
+from .compilation import CompiledOrEager
 from .cost import CostEmbedding, cost_volume
 from .decoder import Decoder
-from .execution import CompiledOrEager, check_checkpoint_parts
 from .fusion import FUSION_MODES, FeatureFusion, crop_and_resize
 from .loss import sem_seg_bce_loss
 from .norms import use_autocast_norms
@@ -29,7 +31,6 @@ from .prompts import DescriptionsArg, PromptBuilder, build_prompt_builder
 from .sam_encoder import SamEncoder, build_sam_encoder
 from .sliding import SlidingWindows, whole_image_boxes
 from .summary import log_parameter_summary
-from .vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
 

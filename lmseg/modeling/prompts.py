@@ -1,25 +1,24 @@
-"""Prompts: a vocabulary of class names -> P texts per class -> cached text embeddings (T, P, C).
+"""Prompts: class names -> P prompt texts per class (templates and descriptions).
 
-The description format, its checks and the prompt composition are :mod:`lmseg.descriptions`.
+The descriptions themselves (format, shipped bank, generator) are :mod:`lmseg.descriptions`; the
+model's vocabulary and its cached text embeddings are :mod:`lmseg.modeling.class_text`.
 """
 from __future__ import annotations
 
 import functools
-import glob
 import logging
 import os
-from collections import Counter
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
-from lmseg.descriptions import (
+from ..descriptions import (
     ATTRIBUTES,
     Descriptions,
     compose_prompt,
-    load_descriptions,
     prompt_name,
+    read_descriptions,
     shipped_descriptions_dir,
     validate_descriptions,
 )
@@ -27,51 +26,10 @@ from lmseg.descriptions import (
 logger = logging.getLogger(__name__)
 
 
-def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
-    """Check a vocabulary and return it as a list; raises ValueError saying what is wrong.
-
-    A name is one class and may list synonyms separated by ", "; duplicates are judged on the whole
-    string, as written.
-    """
-    if isinstance(class_names, str):
-        raise TypeError("the vocabulary must be a list of class names, not one string; split it first")
-    names = list(class_names)
-    if not names:
-        raise ValueError("the vocabulary is empty: give at least one class name")
-    bad = [repr(n) for n in names if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise ValueError(f"class names must be non-empty strings; got {', '.join(bad[:5])}")
-    dupes = [n for n, c in Counter(names).items() if c > 1]
-    if dupes:
-        raise ValueError(f"the vocabulary repeats {', '.join(repr(n) for n in dupes[:10])}: each name must be unique")
-    return names
-
-
 # What makes a class's P prompts (MODEL.PROMPTS.TEXTS): the templates, the descriptions, or both.
 PROMPT_TEXTS = ("both", "template", "descriptions")
 # How the P prompt embeddings enter the cost volume (MODEL.PROMPTS.COMBINE).
 COMBINE_MODES = ("channels", "mean")
-
-
-def read_descriptions(path: str) -> Descriptions:
-    """Descriptions from a file, or from every ``*.json`` of a folder (in name order, the first file
-    that describes a name wins). Each file is validated; files are re-read only when they change."""
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.json")))
-    elif os.path.isfile(path):
-        files = [path]
-    else:
-        raise FileNotFoundError(f"descriptions {path!r}: no such file or folder")
-    merged: Descriptions = {}
-    for file in files:
-        for name, entry in _read_file(file, os.path.getmtime(file)).items():
-            merged.setdefault(name, entry)
-    return merged
-
-
-@functools.lru_cache(maxsize=32)
-def _read_file(path: str, mtime: float) -> Descriptions:
-    return load_descriptions(path)
 
 
 DescriptionsArg = Union[None, str, Mapping[str, Mapping[str, str]]]
@@ -90,10 +48,10 @@ class PromptBuilder:
         texts: "both", "template" or "descriptions" (see PROMPT_TEXTS).
         attributes: which descriptions, in order (a subset of lmseg.descriptions.ATTRIBUTES).
         descriptions: where the descriptions of a vocabulary without its own come from: a file, a
-            folder of files, or "" for the shipped folder prompt_gen/descriptions.
+            folder of files, or "" for the shipped bank (lmseg/descriptions/data).
         combine: "channels" (P cost channels) or "mean" (one mean embedding, see :meth:`combine`).
         generate: optional ``generate(names, vocabulary) -> descriptions`` asked for the names
-            described nowhere (an LLM, see lmseg.modeling.llm); what it cannot describe is templated.
+            described nowhere (an LLM, see :func:`build_prompt_builder`); what it cannot describe is templated.
     """
 
     def __init__(
@@ -222,7 +180,7 @@ def build_prompt_builder(cfg) -> PromptBuilder:
 def _ask_llm(names: List[str], vocabulary: List[str], *, model: str, base_url: Optional[str], cache: str) -> Descriptions:
     """Descriptions of ``names`` from the LLM cache, asking the LLM for the ones it lacks; on any
     failure the reason is logged and the names stay undescribed (templated)."""
-    from prompt_gen.generator import Endpoint, GeneratorError, RetryPolicy, describe
+    from ..descriptions.generator import Endpoint, GeneratorError, RetryPolicy, describe
 
     endpoint = Endpoint(model=model, base_url=base_url)
     logger.info("Looking up %d undescribed classes in %s, asking %s for the missing", len(names), cache, endpoint.url)
@@ -231,37 +189,3 @@ def _ask_llm(names: List[str], vocabulary: List[str], *, model: str, base_url: O
     except GeneratorError as e:
         logger.warning("MODEL.PROMPTS.LLM: %s", e)
         return {}
-
-
-class TextEmbeddingCache:
-    """Remembers the text embeddings of one vocabulary, keyed on everything that decides them.
-
-    The key holds the prompt texts, and for every text-tower parameter its storage and version
-    counter (bumped by every in-place update: optimizer steps, ``load_state_dict``), so new weights
-    or a new vocabulary are never served stale embeddings.
-    """
-
-    def __init__(self):
-        self._key: Optional[Tuple] = None
-        self._value: Optional[torch.Tensor] = None
-
-    def get(self, prompts: List[List[str]], params: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]):
-        key = (
-            tuple(tuple(p) for p in prompts),
-            tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params),
-            _autocast_state(params[0].device),
-        )
-        if key != self._key:
-            self._value = compute()
-            self._key = key
-        return self._value
-
-    def clear(self) -> None:
-        self._key = self._value = None
-
-
-def _autocast_state(device: torch.device):
-    kind = device.type
-    if torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return None

@@ -18,7 +18,7 @@ from segment_anything.modeling import ImageEncoderViT
 from segment_anything.modeling.image_encoder import get_rel_pos, window_partition, window_unpartition
 from torch import nn
 
-from .execution import run_checkpointed
+from .activation_checkpointing import run_checkpointed
 
 logger = logging.getLogger(__name__)
 

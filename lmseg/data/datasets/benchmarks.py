@@ -11,8 +11,8 @@ from typing import Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ...descriptions import benchmark_descriptions_file
-from ..vocabulary import load_vocabulary
+from ...descriptions.bank import benchmark_descriptions_file
+from ..vocabularies import load_vocabulary
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Benchmark:
     label_dir: str  # relative to the datasets root
     label_ext: str  # ".png" or ".tif"
     ignore_label: int  # value of unlabelled pixels in the label files
-    vocabulary: str  # vocabulary given to the model (datasets/<vocabulary>.json)
+    vocabulary: str  # vocabulary given to the model (lmseg/data/vocabularies/<vocabulary>.json)
     prepare_script: str  # the script in datasets/ that writes label_dir (and image_dir if needed)
     # Evaluated classes when they differ from the vocabulary (VOC-20b), and the evaluated class
     # that each vocabulary index counts as.

@@ -23,7 +23,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from ..labels import IGNORE_8BIT, IGNORE_16BIT, label_bit_depth, read_label
-from ..vocabulary import read_class_list
+from ..vocabularies import read_class_list
 
 FOLDER_PREFIX = "sem_seg_folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")

@@ -17,7 +17,7 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from lmseg.descriptions import (
+from .format import (
     ATTRIBUTES,
     DescriptionError,
     compose_prompt,
@@ -26,7 +26,7 @@ from lmseg.descriptions import (
     token_problems,
     validate_descriptions,
 )
-from lmseg.io import atomic_write
+from ..io import atomic_write
 
 # What the LLM is told each attribute means, in the order of ATTRIBUTES.
 ATTRIBUTE_QUESTIONS = {
@@ -137,10 +137,17 @@ class _Stopped(Exception):
 
 
 def read_classes(path: str) -> List[str]:
-    """A vocabulary from a JSON list of names (``datasets/<vocabulary>.json``) or a text file with
-    one name a line (blank lines skipped, surrounding spaces removed)."""
+    """A vocabulary from a benchmark's short name ("ade150", see
+    :data:`lmseg.data.vocabularies.BENCHMARK_VOCABULARIES`), a JSON list of names, or a text file
+    with one name a line (blank lines skipped, surrounding spaces removed)."""
+    from ..data.vocabularies import BENCHMARK_VOCABULARIES, load_vocabulary
+
+    if path in BENCHMARK_VOCABULARIES and not os.path.exists(path):
+        return load_vocabulary(path)
     if not os.path.isfile(path):
-        raise GeneratorError(f"--classes {path}: no such file")
+        raise GeneratorError(
+            f"--classes {path}: no such file, and not a benchmark vocabulary ({', '.join(BENCHMARK_VOCABULARIES)})"
+        )
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if path.endswith(".json"):

@@ -1,7 +1,8 @@
-"""Class lists ("vocabularies"): one JSON list of names per vocabulary, index = label value.
+"""The benchmarks' class lists ("vocabularies"): one JSON list of names per vocabulary, index = label
+value.
 
-The benchmark vocabularies live once, in the repository's ``datasets/`` folder (``coco.json``,
-``ade150.json``, ...). Names are kept exactly as stored: synonyms separated by ", " and the trailing
+The benchmark vocabularies live once, beside this module (``lmseg/data/vocabularies/coco.json``,
+``ade150.json``, ...), as package data. Names are kept exactly as stored: synonyms separated by ", " and the trailing
 space of ADE-150's "bed " are part of the data; only prompt building cleans them.
 """
 import json
@@ -10,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import List, Tuple, Union
 
-# Short names of the vocabularies shipped in datasets/, with their sizes (checked on loading).
+# Short names of the shipped benchmark vocabularies, with their sizes (checked on loading).
 BENCHMARK_VOCABULARIES = {
     "coco": 171,
     "ade150": 150,
@@ -23,18 +24,8 @@ BENCHMARK_VOCABULARIES = {
 
 
 def vocabulary_dir() -> Path:
-    """The repository's ``datasets/`` folder, which holds one ``<vocabulary>.json`` per benchmark.
-
-    LMSeg is installed editable from a clone, so the folder sits next to the ``lmseg`` package.
-    """
-    folder = Path(__file__).resolve().parents[2] / "datasets"
-    if not (folder / "coco.json").is_file():
-        raise FileNotFoundError(
-            f"LMSeg's vocabulary files were not found in {folder}. They live in the datasets/ "
-            "folder of the LMSeg repository: install LMSeg from a clone with `pip install -e .`, "
-            "or pass the path of a vocabulary JSON file instead of a vocabulary name."
-        )
-    return folder
+    """The folder of the benchmark class lists, ``lmseg/data/vocabularies``."""
+    return Path(__file__).resolve().parent
 
 
 def load_vocabulary(name_or_path: str) -> List[str]:
@@ -42,7 +33,7 @@ def load_vocabulary(name_or_path: str) -> List[str]:
 
     Args:
         name_or_path: a benchmark vocabulary's short name (a key of ``BENCHMARK_VOCABULARIES``,
-            read from the repository's ``datasets/<name>.json``) or the path of a JSON file holding
+            read from ``lmseg/data/vocabularies/<name>.json``) or the path of a JSON file holding
             a list of class names.
     """
     return list(_load_vocabulary_cached(str(name_or_path)))

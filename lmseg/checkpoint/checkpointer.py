@@ -10,7 +10,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from .catseg import CLIP_PREFIX, CatSegFormatError, convert_catseg_to_lmseg, is_catseg_state
-from .io import atomic_save, atomic_write
+from ..io import atomic_save, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def load_catseg_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> No
       from CAT-Seg's outputs (to float rounding) and learns SAM's contribution from there.
 
     The log says which part came from where. Anything else that does not fit raises a
-    :class:`~lmseg.catseg.CatSegFormatError` naming the tensors.
+    :class:`~lmseg.checkpoint.catseg.CatSegFormatError` naming the tensors.
     """
     converted = convert_catseg_to_lmseg(state, grid=model.clip.grid_size, window=model.aggregator.window)
     target = model.state_dict()

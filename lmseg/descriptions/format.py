@@ -1,7 +1,7 @@
-"""Class descriptions: the one file format, its validation, and how a description becomes a prompt.
+"""The descriptions format: one file format, its validation, and how a description becomes a prompt.
 
 A descriptions file is a JSON object per vocabulary, keyed by the exact vocabulary entry (synonyms
-and all, as in ``datasets/<vocabulary>.json``)::
+and all, as in the class lists of :mod:`lmseg.data.vocabularies`)::
 
     {"wall": {"color": "usually painted white, beige or pale grey",
               "shape": "a large flat vertical surface that runs from floor to ceiling",
@@ -12,7 +12,7 @@ together ("a wall, which is usually painted white, beige or pale grey"), and eve
 must fit CLIP's context of 77 tokens, counted with CLIP's own tokenizer, so nothing is ever cut.
 :func:`validate_descriptions` is the single check used by the generator, the model and the tests.
 
-Run ``python -m prompt_gen.check FILE [--vocabulary datasets/<vocabulary>.json]`` to check a file.
+Run ``python -m prompt_gen.check FILE [--vocabulary <vocabulary>]`` to check a file.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import functools
 import json
 import os
 import re
-from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 # The visual attributes an LLM describes for each class, in prompt order.
@@ -182,19 +181,6 @@ def _listed(names: Iterable[str], limit: int = 5) -> str:
     names = list(names)
     head = ", ".join(repr(n) for n in names[:limit])
     return head + (", ..." if len(names) > limit else "")
-
-
-def shipped_descriptions_dir() -> Path:
-    """The repository's ``prompt_gen/descriptions/`` folder: one ``<vocabulary>.json`` per benchmark.
-
-    LMSeg is installed editable from a clone, so the folder sits next to the ``lmseg`` package.
-    """
-    return Path(__file__).resolve().parents[1] / "prompt_gen" / "descriptions"
-
-
-def benchmark_descriptions_file(vocabulary: str) -> str:
-    """The shipped descriptions file of a benchmark vocabulary ("coco", "ade150", ...)."""
-    return str(shipped_descriptions_dir() / f"{vocabulary}.json")
 
 
 def load_descriptions(path: str, vocabulary: Optional[Sequence[str]] = None) -> Descriptions:

@@ -12,7 +12,7 @@ from segment_anything.modeling import ImageEncoderViT
 from lmseg.config import get_lmseg_cfg
 from lmseg.modeling.sam_encoder import SamEncoder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
 VOCAB = ["cat", "dog", "sofa, couch", "window", "grass"]
 

@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .modeling.aggregator import shifted_window_mask
+from ..modeling.aggregator import shifted_window_mask
 
 CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 HEAD_PREFIX = "sem_seg_head.predictor.transformer."

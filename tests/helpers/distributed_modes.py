@@ -1,6 +1,6 @@
 """Train the tiny model a few iterations on 2 CPU processes (gloo) in each given configuration.
 
-    python tests/distributed_modes.py TRAIN_DATASET OUTPUT_DIR NAME=KEY,VALUE,KEY,VALUE ...
+    python -m tests.helpers.distributed_modes TRAIN_DATASET OUTPUT_DIR NAME=KEY,VALUE,KEY,VALUE ...
 
 One launch runs every configuration in turn, each with its own Trainer (a fresh model, optimizer
 and DistributedDataParallel wrapper). OUTPUT_DIR/results.json gets, per configuration and process,
@@ -15,10 +15,10 @@ import torch
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-from lmseg.config import get_lmseg_cfg
+from lmseg.config import get_config_file, get_lmseg_cfg
 from lmseg.engine import Trainer, unwrap
 
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
+TINY_CONFIG = get_config_file("tiny.yaml")
 
 
 def main(train: str, out_dir: str, runs: dict) -> None:

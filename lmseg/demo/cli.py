@@ -1,0 +1,220 @@
+"""Segment your own images (or a video) with any vocabulary.
+
+    python -m lmseg.demo --input photo.jpg --vocab "cat,sofa|couch,floor"
+    lmseg-demo --input photo.jpg --vocab "cat,sofa|couch,floor"     (the same, as a console script)
+    python demo/demo.py --input photo.jpg ...                        (the same, from a checkout)
+
+Without --config-file it runs the best model you can download today, CAT-Seg's ViT-B
+(catseg_vitb.yaml with model_base.pth, fetched once into ~/.cache/lmseg or $LMSEG_CACHE).
+Where it cannot be fetched, it says which file to put where and runs the offline installation check
+(tiny.yaml, an untrained model) instead.
+
+For each image IMG it writes, under --output and at IMG's path relative to the inputs' common
+folder: IMG.overlay.jpg (colours and a legend of the classes present), IMG.labels.png (the class
+index of each pixel, 16-bit from 256 classes) and IMG.json (the vocabulary, each present class's
+pixel share and score), and prints one line. A video is written back as VIDEO.overlay.mp4.
+
+Vocabulary: --vocab (classes separated by ",", synonyms of one class by "|"), or --vocab-file (one
+class a line, a JSON list of names, or a benchmark name: ade150, ade847, coco, pc59, pc459, voc20);
+neither gives ADE20K's 150 classes (ade150).
+
+Exit status: 0 all done, 1 some inputs were skipped (each is reported), 2 nothing could be done.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ..api import Segmenter, parse_vocabulary
+from ..data.vocabularies import BENCHMARK_VOCABULARIES, load_vocabulary, read_class_list
+from ..images import InputError, read_image
+from ..modeling.prompts import prompt_name
+from ..visualize import draw_overlay
+from .common import DEFAULT_CONFIG, UsageError, build_segmenter, configure_logging, write_outputs
+
+DEFAULT_VOCABULARY = "ade150"
+DEFAULT_OUTPUT = "demo_output"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lmseg-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", metavar="FILE", help=f"model config (default: {Path(DEFAULT_CONFIG).name} "
+                        "with CAT-Seg's ViT-B weights, downloaded once)")
+    parser.add_argument("--weights", metavar="PATH|URL", help="weights (MODEL.WEIGHTS); a URL is downloaded once into the cache")
+    parser.add_argument("--input", nargs="+", default=[], metavar="PATH", help="image files, folders (searched recursively) or glob patterns")
+    parser.add_argument("--video-input", metavar="FILE", help="a video file, written back with the overlay")
+    vocab = parser.add_mutually_exclusive_group()
+    vocab.add_argument("--vocab", help='classes separated by ",", synonyms by "|": "sofa|couch,cat"')
+    vocab.add_argument("--vocab-file", metavar="FILE|NAME",
+                       help=f"one class a line, a JSON list, or one of {', '.join(BENCHMARK_VOCABULARIES)} "
+                       f"(default when neither is given: {DEFAULT_VOCABULARY})")
+    parser.add_argument("--output", metavar="DIR", help=f"folder for the results (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config overrides, e.g. --opts MODEL.DEVICE cpu TEST.SLIDING_WINDOW False")
+    args = parser.parse_args(argv)
+    if not args.input and not args.video_input:
+        parser.error("give images with --input or a video with --video-input")
+    if len(args.opts) % 2:
+        parser.error(f"--opts takes KEY VALUE pairs; got an odd number of items: {' '.join(args.opts)}")
+    return args
+
+
+# ------------------------------------------------------------------------------------- vocabulary
+def vocabulary(args) -> List[str]:
+    try:
+        if args.vocab is not None:
+            return parse_vocabulary(args.vocab)
+        source = args.vocab_file or DEFAULT_VOCABULARY
+        if source in BENCHMARK_VOCABULARIES:
+            return parse_vocabulary(load_vocabulary(source))
+        if not os.path.isfile(source):
+            raise UsageError(
+                f"--vocab-file {source!r}: no such file, and not a benchmark name ({', '.join(BENCHMARK_VOCABULARIES)})"
+            )
+        try:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"--vocab-file {source}: cannot read it as UTF-8 text ({err})") from None
+        if source.endswith(".json") or text.lstrip().startswith("["):
+            return parse_vocabulary(read_class_list(source))
+        lines = [line.strip() for line in text.splitlines()]
+        return parse_vocabulary([line for line in lines if line and not line.startswith("#")])
+    except (InputError, ValueError, KeyError, FileNotFoundError) as err:
+        where = "--vocab" if args.vocab is not None else "--vocab-file"
+        raise UsageError(f"{where}: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def image_paths(inputs: Sequence[str]) -> List[str]:
+    """Files named, images found in folders (recursively) and glob matches, in order, once each."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, dirs, files in os.walk(item):
+                dirs.sort()
+                paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
+        elif glob.has_magic(item):
+            paths += sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+        else:
+            paths.append(item)  # reported later if missing or not an image
+    return list(dict.fromkeys(os.path.normpath(p) for p in paths))
+
+
+def output_names(paths: Sequence[str]) -> List[str]:
+    """Each input's path relative to the inputs' common folder: a/x.jpg and b/x.jpg stay apart."""
+    if not paths:
+        return []
+    parents = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    common = os.path.commonpath(parents)
+    return [os.path.relpath(os.path.abspath(p), common) for p in paths]
+
+
+# ---------------------------------------------------------------------------------------- outputs
+def one_line(result: Segmentation, limit: int = 5) -> str:
+    names = result.names
+    found = [f"{names[i]} {result.pixel_share[i]:.0%}" for i in result.present[:limit]]
+    more = len(result.present) - limit
+    return ", ".join(found) + (f", +{more} more" if more > 0 else "")
+
+
+def segment_images(seg: Segmenter, paths: List[str], out: Path) -> int:
+    """Segment and write every image; returns how many were skipped (each reported)."""
+    skipped = 0
+    bar = tqdm(total=len(paths), unit="image", disable=len(paths) < 2, file=sys.stderr)
+    for path, name in zip(paths, output_names(paths)):
+        stem = out / name
+        try:
+            image = read_image(path)
+            result = seg(image)
+            write_outputs(image, result, stem, path)
+        except InputError as err:
+            reason = str(err).removeprefix(f"{path}: ")
+            tqdm.write(f"{path}: skipped: {reason}", file=sys.stderr)
+            skipped += 1
+        except MemoryError:
+            tqdm.write(f"{path}: skipped: not enough memory for this image; downscale it", file=sys.stderr)
+            skipped += 1
+        else:
+            tqdm.write(f"{path}: {one_line(result)} -> {stem}.{{overlay.jpg,labels.png,json}}")
+        bar.update(1)
+    bar.close()
+    return skipped
+
+
+def segment_video(seg: Segmenter, path: str, out: Path) -> int:
+    """Write the video back with the overlay (VIDEO.overlay.mp4); returns 1 if it was skipped."""
+    import cv2
+
+    if not os.path.isfile(path):
+        print(f"{path}: skipped: no such file", file=sys.stderr)
+        return 1
+    capture = cv2.VideoCapture(path)
+    ok, frame = capture.read()
+    if not ok:
+        print(f"{path}: skipped: not a video OpenCV can read", file=sys.stderr)
+        return 1
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    target = out / f"{Path(path).name}.overlay.mp4"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frame.shape[:2]
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        print(f"{path}: skipped: OpenCV cannot write {target} (no MPEG-4 encoder in this build)", file=sys.stderr)
+        return 1
+    shares = np.zeros(len(seg.vocabulary))
+    count = 0
+    with tqdm(total=frames, unit="frame", file=sys.stderr, desc=Path(path).name) as bar:
+        while ok:
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            result = seg(rgb)
+            overlay, _ = draw_overlay(rgb, result.label_map, result.names, result.present, result.pixel_share)
+            writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            shares += result.pixel_share
+            count += 1
+            bar.update(1)
+            ok, frame = capture.read()
+    writer.release()
+    capture.release()
+    names = [prompt_name(n) for n in seg.vocabulary]
+    order = np.argsort(-shares)[:5]
+    found = ", ".join(f"{names[i]} {shares[i] / count:.0%}" for i in order if shares[i] > 0)
+    print(f"{path}: {count} frames, {found} -> {target}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    try:
+        names = vocabulary(args)
+        paths = image_paths(args.input)
+        if args.input and not paths:
+            raise UsageError(f"no images found in {' '.join(args.input)}")
+        seg = build_segmenter(args.config_file, args.weights, args.opts)
+        try:
+            seg.set_vocabulary(names)
+        except InputError as err:
+            raise UsageError(f"the vocabulary does not suit this model: {err}") from None
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.output or DEFAULT_OUTPUT)
+    if args.output is None:
+        print(f"Writing the results to {out}/ (choose another folder with --output)", file=sys.stderr)
+    skipped = segment_images(seg, paths, out) if paths else 0
+    if args.video_input:
+        skipped += segment_video(seg, args.video_input, out)
+    if skipped:
+        print(f"{skipped} input(s) skipped (see above); the others were written to {out}/", file=sys.stderr)
+    return 1 if skipped else 0
+
