@@ -1,15 +1,19 @@
 # Two entry points, each doing all set-up first (tools/setup_env.sh is a no-op once done):
 #   make demo   runs the demo (see README.md for its variables)
 #   make test   runs the test suite
+#   make test-fast  runs the suite without the tests marked slow (a contributor's quick check)
 #   make web    starts the web demo (see README.md)
 PYTHON := .venv/bin/python
 
-.PHONY: setup test demo web
+.PHONY: setup test test-fast demo web
 setup:
 	@bash tools/setup_env.sh
 
 test: setup
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The demo: CAT-Seg's ViT-B weights (downloaded once into ~/.cache/lmseg, or $LMSEG_CACHE) on a
 # CC0 photo shipped with the project. Without network it says which file to put where, then runs
