@@ -199,12 +199,12 @@ def test_cpu_fallback_and_untrained_model_are_each_said_once(caplog, monkeypatch
         Segmenter.from_config("nope.yaml")
 
 
-def test_the_readme_python_example_runs_as_written(monkeypatch, capsys):
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def test_the_getting_started_python_example_runs_as_written(monkeypatch, capsys):
+    readme = (REPO / "GETTING_STARTED.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     example = next(b for b in blocks if "from lmseg import Segmenter" in b)
     monkeypatch.chdir(REPO)
-    exec(compile(example, "README.md", "exec"), {})
+    exec(compile(example, "GETTING_STARTED.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "(400, 600)" and len(lines) >= 2
     assert all(re.fullmatch(r"\S.* of the image, score \d\.\d\d", line) for line in lines[1:])

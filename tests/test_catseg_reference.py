@@ -152,7 +152,7 @@ def test_positional_embedding_resize_matches_open_clip():
 
 
 # ------------------------------------------------------------------------------------------
-# (b) The format against the listing of CATSEG_CHECKPOINT.md
+# (b) The format against the listing of tests/data/catseg_checkpoint_format.md
 # ------------------------------------------------------------------------------------------
 def _spec_text() -> str:
     return SPEC.read_text()

@@ -5,7 +5,7 @@
     python tools/benchmark.py inference --config-file configs/vitb.yaml [--sliding] \
         [--precision bfloat16] [--classes 150] [KEY VALUE ...]
     python tools/benchmark.py ops --config-file configs/tiny.yaml [--sliding] [--precision bfloat16]
-    python tools/benchmark.py table --markdown docs/benchmark_table.md [--configs ...] [--classes ...]
+    python tools/benchmark.py table --markdown table.md [--configs ...] [--classes ...]
 
 ``train`` runs the real training path (data loader, mapper, optimizer, AMP, clipping) on a
 synthetic folder dataset of random-label images written to a temporary folder, and reports the

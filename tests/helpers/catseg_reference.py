@@ -1,7 +1,7 @@
 """Independent reference implementation of CAT-Seg's inference, for tests.
 
 Plain functional PyTorch working directly on a CAT-Seg-format state dict (the key names of
-``../shared/design/CATSEG_CHECKPOINT.md``: ``sem_seg_head.predictor.clip_model.*``,
+``tests/data/catseg_checkpoint_format.md``: ``sem_seg_head.predictor.clip_model.*``,
 ``sem_seg_head.predictor.transformer.*``, ``upsample1/2.*``). It imports nothing from ``lmseg``:
 tests compare LMSeg's CAT-Seg mode against it.
 
@@ -19,7 +19,7 @@ Public functions
 - ``catseg_reference_forward(sd, image, class_names, height=, width=, sliding=)``: CAT-Seg's
   whole-image or sliding-window inference on one 0-255 image -> probabilities [T, height, width].
 
-Decisions where CATSEG_CHECKPOINT.md is silent or could be read two ways, and their source
+Decisions where that listing is silent or could be read two ways, and their source
 (CAT-Seg's public code, github.com/cvlab-kaist/CAT-Seg (= KU-CVLAB/CAT-Seg), files
 cat_seg/cat_seg_model.py, cat_seg/modeling/transformer/{model,cat_seg_predictor}.py,
 cat_seg/third_party/model_vpt.py, configs/, eval.sh; detectron2's ImageList / sem_seg_postprocess):
@@ -86,7 +86,7 @@ cat_seg/third_party/model_vpt.py, configs/, eval.sh; detectron2's ImageList / se
 14. Aggregator hyper-parameters not stored in the checkpoint: 4 heads (``NUM_HEADS``), window 12
     (``WINDOW_SIZES``), shift = window // 2, pad 256 (``pad_len``), class-attention pooling 1x1
     (``POOLING_SIZES [1,1]`` in eval.sh; other poolings use ``F.avg_pool2d``), decoder widths
-    (64, 32) and guidance widths (32, 16) (configs/vitb_384.yaml).
+    (64, 32) and guidance widths (32, 16) (CAT-Seg's vitb_384.yaml).
 
 Not from CAT-Seg: ``compact_padding`` (optional; see ``_class_attention_layer``) and the random
 initialisation of ``random_catseg_state_dict``.
@@ -108,7 +108,7 @@ CLIP_STD = (68.5005327, 66.6321579, 70.3231630)
 LN_EPS = 1e-5
 GN_EPS = 1e-5
 
-# Head sizes that CAT-Seg's configs fix (configs/config.yaml, vitb_384.yaml).
+# Head sizes that CAT-Seg's configs fix (config.yaml, vitb_384.yaml of CAT-Seg).
 _DECODER_DIMS = (64, 32)
 _DECODER_GUIDANCE_DIMS = (256, 128)
 _DECODER_GUIDANCE_PROJ_DIMS = (32, 16)
