@@ -42,6 +42,7 @@ def test_every_benchmark_evaluates_on_its_synthetic_layout(benchmark_root, tmp_p
     assert len(model.vocabulary) == 171
 
 
+@pytest.mark.slow
 def test_evaluate_all_writes_a_table_and_lists_absent_benchmarks_as_skipped(benchmark_root, tmp_path):
     present = {"ade20k_150_test_sem_seg", "voc_2012_test_background_sem_seg"}
     for b in benchmarks():

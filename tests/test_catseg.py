@@ -260,6 +260,7 @@ def _tool():
     return load_tool("convert_catseg")
 
 
+@pytest.mark.slow
 def test_convert_tool_end_to_end(checkpoints, tmp_path):
     ck = checkpoints["B"]
     tool = str(REPO / "tools" / "convert_catseg.py")

@@ -22,6 +22,9 @@ from lmseg.engine import Trainer, setup
 from tests.helpers.model_helpers import REPO, TINY_CONFIG
 from tests.helpers.synthetic_datasets import write_folder_dataset, write_learnable_folder_dataset
 
+# Every test here trains or runs a command in a subprocess: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def _run(*args, timeout=600):
     return subprocess.run(

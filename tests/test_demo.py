@@ -80,6 +80,7 @@ def _check_outputs(stem, size, names=VOCAB_NAMES):
     return labels
 
 
+@pytest.mark.slow
 def test_every_image_is_written_at_its_size_bad_ones_skipped_and_the_api_agrees(tmp_path, weights):
     src = tmp_path / "photos"
     exif = Image.Exif()
@@ -120,6 +121,7 @@ def test_every_image_is_written_at_its_size_bad_ones_skipped_and_the_api_agrees(
     assert read_image(good["rotated.jpg"][1]).shape == (50, 30, 3)
 
 
+@pytest.mark.slow
 def test_a_video_is_written_back_and_an_untrained_model_is_said_once(tmp_path):
     video = str(tmp_path / "clip.avi")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 5, (40, 32))
@@ -190,6 +192,7 @@ def test_vocabulary_files_and_five_thousand_classes(tmp_path, capsys, weights):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_a_ten_thousand_pixel_square_image_keeps_memory_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the test reads the outputs back
     # grayscale and uniform: a small file, quick to write and decode

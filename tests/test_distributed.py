@@ -13,6 +13,9 @@ from lmseg.modeling import FUSION_MODES
 from tests.helpers.model_helpers import REPO
 from tests.helpers.synthetic_datasets import write_learnable_folder_dataset
 
+# Every test here trains or runs a command in a subprocess: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 # 3 classes, class cap 2: the class attention's padding tokens are not needed by any view
 OVER_CAP = ["MODEL.LMSEG.CLASS_CAP", "2"]
 RUNS = {

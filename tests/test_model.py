@@ -306,6 +306,7 @@ def test_bfloat16_autocast_inference_on_cpu():
             assert (out - fp32).abs().max() < 0.1
 
 
+@pytest.mark.slow
 def test_model_summary_tool_prints_the_parts():
     import subprocess
     import sys

@@ -143,6 +143,7 @@ def test_server_stopping_mid_run_then_rerun_completes(files, capsys):
     assert data == {n: fake_entry(prompt_name(n)) for n in VOCABULARY}
 
 
+@pytest.mark.slow
 def test_server_that_only_fails_stops_with_one_clear_message(files, tmp_path):
     classes, out = files
 

@@ -44,6 +44,7 @@ def test_every_benchmark_names_its_own_descriptions_file():
         assert b.vocabulary in VOCABULARIES
 
 
+@pytest.mark.slow
 def test_check_command_accepts_a_shipped_file_and_lists_problems(tmp_path):
     """`python -m prompt_gen.check`, as prompt_gen/README.md shows it."""
     ok = subprocess.run(

@@ -206,6 +206,7 @@ def test_evaluation_computes_text_embeddings_once_per_benchmark(tmp_path):
     assert calls == [3]  # one text pass for the benchmark's 3 classes, not one per image
 
 
+@pytest.mark.slow
 def test_benchmark_table_and_operator_counts_on_the_cpu(tmp_path):
     import json
     import subprocess
@@ -244,6 +245,7 @@ def test_benchmark_table_and_operator_counts_on_the_cpu(tmp_path):
     assert counts["most_called"]
 
 
+@pytest.mark.slow
 def test_benchmark_table_refuses_unknown_settings_up_front():
     import subprocess
     import sys

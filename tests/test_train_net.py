@@ -15,6 +15,9 @@ from lmseg.engine import Trainer, setup
 from tests.helpers.model_helpers import REPO, TINY_CONFIG
 from tests.helpers.synthetic_datasets import write_learnable_folder_dataset
 
+# Every test here trains or runs a command in a subprocess: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def _run(args, cwd=REPO, timeout=600):
     proc = subprocess.run(

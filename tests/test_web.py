@@ -46,6 +46,7 @@ def _missing(what: str):
 
 
 # ------------------------------------------------------------------------------ without a browser
+@pytest.mark.slow
 def test_core_package_does_not_import_gradio():
     """Every module of lmseg but the web page itself (lmseg.demo.web) imports without Gradio."""
     code = (
@@ -204,6 +205,7 @@ def _scene(path, height=96, width=128):
     return image
 
 
+@pytest.mark.slow
 def test_segment_an_uploaded_image_and_look_at_one_class(page, tmp_path, artifacts):
     driver, _ = page
     shot = lambda name: driver.save_screenshot(os.path.join(artifacts, f"{name}.png"))  # noqa: E731
@@ -252,6 +254,7 @@ def test_segment_an_uploaded_image_and_look_at_one_class(page, tmp_path, artifac
     shot("4_class_score_map")
 
 
+@pytest.mark.slow
 def test_bad_input_gets_a_message_and_the_app_keeps_serving(page, tmp_path, artifacts):
     driver, _ = page
     shot = lambda name: driver.save_screenshot(os.path.join(artifacts, f"{name}.png"))  # noqa: E731
