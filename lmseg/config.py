@@ -227,7 +227,9 @@ def _add_data_config(cfg: CN) -> None:
 
     The mapper also reads detectron2's own INPUT keys: MIN_SIZE_TRAIN, MAX_SIZE_TRAIN,
     MIN_SIZE_TRAIN_SAMPLING, MIN_SIZE_TEST, MAX_SIZE_TEST, CROP.{ENABLED,TYPE,SIZE}, RANDOM_FLIP
-    and FORMAT (the model expects "RGB").
+    and FORMAT, which must be "RGB": the model refuses any other format when it is built, and it
+    refuses detectron2's MODEL.PIXEL_MEAN/STD set to anything but their defaults (it normalises with
+    MODEL.CLIP.PIXEL_MEAN/STD and MODEL.SAM.PIXEL_MEAN/STD and never reads them).
     """
     # Largest fraction of a training crop that a single category may cover (ignored pixels not
     # counted): a crop is drawn again, up to 10 times, until no category covers more. 1.0 turns

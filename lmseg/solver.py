@@ -22,6 +22,10 @@ _EMBEDDING_NAMES = (
     "padding_tokens",
     "padding_guidance",
 )
+# Parameters that are not weights of a map either: the fusion weight w = sigmoid(weight_logit) of
+# F = w * F_clip + (1 - w) * F_sam. Decay would pull its logit to 0, i.e. w to 0.5, whatever the data
+# say: no weight decay.
+_NO_DECAY_NAMES = ("weight_logit",)
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -34,7 +38,8 @@ def get_param_groups(cfg, model: nn.Module) -> List[Dict]:
 
     Learning rates: BASE_LR times CLIP_MULTIPLIER for CLIP, SAM_MULTIPLIER for SAM, 1 for the rest.
     Weight decay: WEIGHT_DECAY, except WEIGHT_DECAY_NORM for normalisation layers and
-    WEIGHT_DECAY_EMBED for embeddings (token, position and padding tables).
+    WEIGHT_DECAY_EMBED for embeddings (token, position and padding tables), and none at all for
+    the fusion weight w (``fusion.weight_logit``).
     """
     base_lr = cfg.SOLVER.BASE_LR
     groups: Dict[tuple, Dict] = {}
@@ -50,7 +55,9 @@ def get_param_groups(cfg, model: nn.Module) -> List[Dict]:
                 lr *= cfg.SOLVER.CLIP_MULTIPLIER
             elif full.startswith("sam."):
                 lr *= cfg.SOLVER.SAM_MULTIPLIER
-            if _is_norm(module):
+            if name in _NO_DECAY_NAMES:
+                wd = 0.0
+            elif _is_norm(module):
                 wd = cfg.SOLVER.WEIGHT_DECAY_NORM
             elif isinstance(module, nn.Embedding) or name in _EMBEDDING_NAMES:
                 wd = cfg.SOLVER.WEIGHT_DECAY_EMBED

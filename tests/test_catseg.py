@@ -300,8 +300,8 @@ def test_convert_tool_messages(checkpoints, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------
 # LMSeg started from a CAT-Seg checkpoint
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("weight_init,per_channel", [("0.5", "False"), ("0.3", "True")])
-def test_lmseg_with_sam_and_three_prompts_starts_from_catseg(catseg_model, checkpoints, tmp_path, caplog, weight_init, per_channel):
+@pytest.mark.parametrize("weight_init,per_channel,num_prompts", [("0.5", "False", 3), ("0.3", "True", 3), ("0.5", "False", 1)])
+def test_lmseg_with_sam_and_three_prompts_starts_from_catseg(catseg_model, checkpoints, tmp_path, caplog, weight_init, per_channel, num_prompts):
     ck = checkpoints["B"]
     torch.manual_seed(0)
     sam_file = tmp_path / "sam_tiny.pth"
@@ -312,7 +312,7 @@ def test_lmseg_with_sam_and_three_prompts_starts_from_catseg(catseg_model, check
         "MODEL.SAM.ENABLED", "True", "MODEL.SAM.TYPE", "tiny", "MODEL.SAM.INPUT_SIZE", "128",
         "MODEL.SAM.CHECKPOINT", str(sam_file), "MODEL.FUSION.MODE", "weighted",
         "MODEL.FUSION.WEIGHT_INIT", weight_init, "MODEL.FUSION.PER_CHANNEL", per_channel,
-        "MODEL.PROMPTS.TEMPLATES", str([template] * 3),
+        "MODEL.PROMPTS.TEMPLATES", str([template] * num_prompts),
     )
     model = build_model(cfg)
     fusion_before = copy.deepcopy(model.fusion.state_dict())
@@ -324,7 +324,13 @@ def test_lmseg_with_sam_and_three_prompts_starts_from_catseg(catseg_model, check
     log = caplog.text
     assert "CAT-Seg checkpoint" in log and "CLIP image and text towers" in log and "aggregator" in log
     assert f"SAM image encoder: kept as built, from {sam_file}" in log
-    assert "fusion (weighted): kept as built" in log and "divided by 3" in log
+    assert "fusion (weighted): kept as built" in log and ("divided by 3" in log) == (num_prompts == 3)
+    if num_prompts == 1:
+        assert "with one prompt per class, as CAT-Seg, the model starts exactly from CAT-Seg's outputs" in log
+    else:
+        # the log does not promise CAT-Seg's outputs where distinct prompts would change them
+        assert "exactly only if they are one text repeated" in log and "differ from CAT-Seg's" in log
+        assert "starts exactly from" not in log
     assert f"divided by the fusion weight w = {float(weight_init):.4g}" in log
     sam_saved = torch.load(sam_file, weights_only=True)
     assert all(torch.equal(model.sam.encoder.state_dict()[k], v) for k, v in sam_saved.items())

@@ -1,5 +1,7 @@
 """Model-level behaviour: fine-tuning masks, vocabulary handling, ignore pixels, errors, precision."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -336,3 +338,15 @@ def test_test_time_augmentation_averages_flips_and_scales():
     flipped = [{**batch[0], "image": batch[0]["image"].flip(-1)}]
     # flips are undone before averaging: a flipped input gives the flipped average
     torch.testing.assert_close(scores(SemSegTTA(cfg, model), flipped)[0], tta.flip(-1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("opts, message", [
+    (("INPUT.FORMAT", "BGR"), "INPUT.FORMAT='BGR'"),
+    (("MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]"), "MODEL.PIXEL_MEAN="),
+    (("MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]"), "MODEL.PIXEL_STD="),
+])
+def test_input_the_model_would_misread_is_refused_at_build_time(opts, message):
+    from lmseg.modeling.meta_arch import LMSeg
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LMSeg.from_config(tiny_cfg(*opts))

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+import torch._dynamo.exc
 import torch.nn.functional as F
 from detectron2.engine import default_argument_parser
 from segment_anything.modeling.common import LayerNorm2d as SamLayerNorm2d
@@ -172,7 +173,7 @@ def test_test_compile_runs_the_compiled_head_at_inference_only(monkeypatch):
 def test_test_compile_falls_back_with_a_warning(monkeypatch, caplog):
     def failing_compile(fn):
         def run(*args):
-            raise RuntimeError("no C++ compiler found\ndetails")
+            raise torch._dynamo.exc.TorchDynamoException("no C++ compiler found\ndetails")
         return run
 
     monkeypatch.setattr(torch, "compile", failing_compile)
@@ -186,7 +187,32 @@ def test_test_compile_falls_back_with_a_warning(monkeypatch, caplog):
     torch.testing.assert_close(again, out, atol=0, rtol=0)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # said once
-    assert "TEST.COMPILE" in warnings[0] and "RuntimeError: no C++ compiler found" in warnings[0]
+    assert "TEST.COMPILE" in warnings[0] and "no C++ compiler found" in warnings[0]
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory"),
+                                   RuntimeError("The size of tensor a (3) must match the size of tensor b (4)")])
+def test_test_compile_reraises_what_is_not_a_compilation_failure(monkeypatch, error):
+    def compile_then_fail(fn):
+        def run(*args):
+            raise error
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_then_fail)
+    model = tiny_model("TEST.COMPILE", "True")
+    with pytest.raises(type(error), match=str(error)[:10]):
+        scores(model, eval_batch())
+
+
+def test_test_compile_falls_back_when_torch_compile_itself_refuses(monkeypatch):
+    def refusing_compile(fn):
+        raise RuntimeError("torch.compile is not supported on this platform")
+
+    monkeypatch.setattr(torch, "compile", refusing_compile)
+    plain = tiny_model()
+    model = tiny_model("TEST.COMPILE", "True")
+    batch = eval_batch()
+    torch.testing.assert_close(scores(model, batch)[0], scores(plain, batch)[0], atol=0, rtol=0)
 
 
 def test_evaluation_computes_text_embeddings_once_per_benchmark(tmp_path):

@@ -210,6 +210,7 @@ def test_optimizer_groups_use_the_multipliers_and_spare_norms(folders, tmp_path)
     assert group_of[id(norm)]["initial_lr"] == pytest.approx(0.1) and group_of[id(norm)]["weight_decay"] == 0.0
     pad = named["aggregator.layers.0.classwise.padding_tokens"]
     assert group_of[id(pad)]["weight_decay"] == 0.0
+    assert group_of[id(named["fusion.weight_logit"])]["weight_decay"] == 0.0
 
 
 def test_strip_checkpoint_keeps_exactly_the_weights(folders, tmp_path):

@@ -162,8 +162,17 @@ def load_catseg_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> No
         lines.append(f"fusion ({model.fusion.mode}): kept as built, its own initialisation")
     if weight is not None:
         w = ", ".join(f"{v:.4g}" for v in weight.detach().flatten().unique().tolist())
-        lines.append(
+        line = (
             f"aggregator appearance guidance: CAT-Seg's kernel divided by the fusion weight w = {w}, which "
-            "scales CLIP's features while SAM's projection is zero, so that the model starts from CAT-Seg's outputs"
+            "scales CLIP's features while SAM's projection is zero"
         )
+        if prompts is None:
+            line += ": with one prompt per class, as CAT-Seg, the model starts exactly from CAT-Seg's outputs"
+        else:
+            line += (
+                f"; with {prompts} prompts per class the model starts from CAT-Seg's outputs exactly only if "
+                "they are one text repeated: distinct prompts (several templates, descriptions) embed "
+                "otherwise than CAT-Seg's one template, so its outputs differ from CAT-Seg's"
+            )
+        lines.append(line)
     logger.info("\n  ".join(lines))

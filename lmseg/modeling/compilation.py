@@ -13,10 +13,33 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+_COMPILER_MODULES = ("torch._dynamo", "torch._inductor", "torch._functorch", "torch._subclasses")
+
+
+def is_compilation_failure(err: BaseException) -> bool:
+    """Whether ``err`` comes from torch.compile's machinery (dynamo, inductor, a missing C compiler
+    or an unsupported Python) rather than from the computation itself. Out-of-memory errors and the
+    function's own errors (a shape mismatch, a RuntimeError of an operator) are not."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return False
+    module = type(err).__module__ or ""
+    if module.startswith(_COMPILER_MODULES):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("torch.compile is not supported" in text or "Dynamo is not supported" in text)
+
+
+class _CompileRefused(Exception):
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class CompiledOrEager:
     """``fn`` compiled with ``torch.compile`` on first use, or ``fn`` itself where compiling is not
     possible (no compiler, an unsupported platform, a failed compilation): a warning says why, once,
-    and the model keeps running eagerly with the same results."""
+    and the model keeps running eagerly with the same results. Any other error (out of memory, a
+    shape error of the function itself) is raised as it is, see :func:`is_compilation_failure`."""
 
     def __init__(self, fn: Callable, name: str):
         self.fn = fn
@@ -28,9 +51,16 @@ class CompiledOrEager:
         if not self._failed:
             try:
                 if self._compiled is None:
-                    self._compiled = torch.compile(self.fn)
+                    try:
+                        self._compiled = torch.compile(self.fn)
+                    except Exception as err:  # torch.compile itself refuses: unsupported here
+                        raise _CompileRefused(err) from err
                 return self._compiled(*args)
-            except Exception as err:  # compilers fail in many ways; the eager function is always right
+            except Exception as err:
+                if isinstance(err, _CompileRefused):
+                    err = err.cause
+                elif not is_compilation_failure(err):
+                    raise
                 self._failed = True
                 logger.warning(
                     "TEST.COMPILE: torch.compile of %s is not available here (%s: %s); running it "

@@ -120,6 +120,7 @@ class LMSeg(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
+        _check_input_format(cfg)
         sam_enabled = cfg.MODEL.SAM.ENABLED
         _check_fusion_matches_sam(cfg.MODEL.FUSION.MODE, sam_enabled)
         clip_weights, sam_weights = _pretrained_sources(cfg)
@@ -457,6 +458,26 @@ class LMSeg(nn.Module):
             out[start : start + y.shape[0]] = y
             start += y.shape[0]
         return out
+
+
+def _check_input_format(cfg) -> None:
+    """Refuse, before anything is built, inputs the model would misread: it normalises its images
+    as RGB with MODEL.CLIP/SAM.PIXEL_MEAN/STD, and never reads detectron2's MODEL.PIXEL_MEAN/STD."""
+    if cfg.INPUT.FORMAT != "RGB":
+        raise ValueError(
+            f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: LMSeg reads its images as RGB (CLIP's and SAM's "
+            "normalisation are RGB); set INPUT.FORMAT RGB (configs/Base-LMSeg.yaml does, a config "
+            "written without _BASE_ gets detectron2's BGR)"
+        )
+    from detectron2.config import get_cfg as get_d2_cfg
+
+    d2 = get_d2_cfg().MODEL
+    for key in ("PIXEL_MEAN", "PIXEL_STD"):
+        if list(cfg.MODEL[key]) != list(d2[key]):
+            raise ValueError(
+                f"MODEL.{key}={list(cfg.MODEL[key])} is not used by LMSeg; set MODEL.CLIP.{key} "
+                f"and MODEL.SAM.{key} instead and leave MODEL.{key} unset"
+            )
 
 
 def _check_fusion_matches_sam(mode: str, sam_enabled: bool) -> None:
