@@ -6,26 +6,69 @@
     python train_net.py --config-file configs/vitl.yaml --num-gpus 4 --resume
 
 Trailing KEY VALUE pairs override the config. Without a GPU, --num-gpus N runs N CPU processes.
+--eval-only needs MODEL.WEIGHTS (or --resume with a checkpoint in OUTPUT_DIR); --allow-untrained
+scores a randomly initialised model on purpose. A MODEL.WEIGHTS file that does not exist stops the
+run before anything is built (exit status 2).
 """
+import logging
+import os
+import sys
+
 from detectron2.engine import default_argument_parser, launch
 
-from lmseg.checkpoint import load_weights
+from lmseg.checkpoint import MissingWeightsError, check_weights_file, load_weights
+from lmseg.config import get_lmseg_cfg
 from lmseg.engine import Trainer, setup
+
+UNTRAINED = "UNTRAINED MODEL (--allow-untrained, no MODEL.WEIGHTS): these results are of random weights"
+
+
+def check_arguments(args) -> None:
+    """Stop with a message (exit status 2) before anything is built when the run cannot give what
+    was asked: a missing weights file, or an evaluation with no weights to evaluate."""
+    cfg = get_lmseg_cfg(args.config_file, args.opts)
+    try:
+        check_weights_file(cfg.MODEL.WEIGHTS)
+    except MissingWeightsError as err:
+        sys.exit(_usage_error(str(err)))
+    resumable = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not resumable and not args.allow_untrained:
+        sys.exit(_usage_error(
+            "--eval-only without MODEL.WEIGHTS would score a randomly initialised model. Give the "
+            "weights (... --eval-only MODEL.WEIGHTS model.pth), or add --allow-untrained to score an "
+            "untrained model on purpose."
+        ))
+
+
+def _usage_error(message: str) -> int:
+    print(f"train_net.py: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
+        untrained = not cfg.MODEL.WEIGHTS and not args.resume
+        if untrained:
+            logging.getLogger("lmseg").warning(UNTRAINED)
         load_weights(model, cfg.MODEL.WEIGHTS, save_dir=cfg.OUTPUT_DIR, resume=args.resume)
-        return Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model)
+        if untrained:
+            logging.getLogger("lmseg").warning(UNTRAINED)
+            results = {f"{name} [untrained]": value for name, value in results.items()}
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="with --eval-only and no MODEL.WEIGHTS, score the randomly initialised model")
+    args = parser.parse_args()
+    check_arguments(args)
     launch(
         main,
         args.num_gpus,

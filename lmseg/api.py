@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from .checkpoint import load_weights
+from .checkpoint import check_weights_file, load_weights
 from .config import get_lmseg_cfg, resolve_config_file
 from .engine import amp_dtype
 from .images import ImageLike, InputError, to_rgb
@@ -194,6 +194,7 @@ class Segmenter:
         cfg.DATASETS.TRAIN = ()
         cfg.DATASETS.TEST = ()
         cfg.freeze()
+        check_weights_file(cfg.MODEL.WEIGHTS)  # before building anything
         self.cfg = cfg
         self.batch_size = max(int(batch_size), 1)
         self.model = build_model(cfg).eval()

@@ -9,6 +9,7 @@ folder they need; they are not failures. The table (mIoU, %) goes to --output (d
 OUTPUT_DIR/benchmarks.md) and the full metrics to the same path with a .json suffix.
 """
 import json
+import sys
 import os
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -16,7 +17,8 @@ from typing import Dict, List, Tuple
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 
-from lmseg.checkpoint import load_weights
+from lmseg.checkpoint import MissingWeightsError, check_weights_file, load_weights
+from lmseg.config import get_lmseg_cfg
 from lmseg.data import benchmarks, datasets_root
 from lmseg.engine import Trainer, setup
 
@@ -90,5 +92,10 @@ if __name__ == "__main__":
     parser = default_argument_parser()
     parser.add_argument("--output", default="", help="Markdown file to write (default OUTPUT_DIR/benchmarks.md)")
     args = parser.parse_args()
+    try:  # before anything is built or written: no table for weights that are not there
+        check_weights_file(get_lmseg_cfg(args.config_file, args.opts).MODEL.WEIGHTS)
+    except MissingWeightsError as err:
+        print(f"evaluate_all.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import FrozenSet, Mapping
 
 import torch
@@ -89,6 +90,24 @@ def pretrained_parts_in(path: str) -> FrozenSet[str]:
     if any(k.startswith("sam.") for k in keys):
         parts.add("sam")
     return frozenset(parts)
+
+
+class MissingWeightsError(FileNotFoundError):
+    """MODEL.WEIGHTS names a file that does not exist (raised before any model is built)."""
+
+
+def check_weights_file(path: str, key: str = "MODEL.WEIGHTS") -> None:
+    """Raise :class:`MissingWeightsError` when ``path`` is a local file name that does not exist.
+
+    Empty paths (no weights) and URLs (``http://``, ``https://``, ``detectron2://``, fetched when
+    loaded) pass. Called before a model is built, so that a typo costs nothing.
+    """
+    if not path or re.match(r"[a-z0-9]+://", path):
+        return
+    if not os.path.isfile(os.path.expanduser(path)):
+        raise MissingWeightsError(
+            f"{key} {path}: no such file; give the path of an LMSeg or a CAT-Seg checkpoint (.pth)"
+        )
 
 
 def load_weights(model: torch.nn.Module, path: str, *, save_dir: str = "", resume: bool = False) -> None:
