@@ -60,3 +60,15 @@ def test_check_command_accepts_a_shipped_file_and_lists_problems(tmp_path):
     assert proc.returncode == 1
     assert "missing texture" in proc.stderr and "repeats the class name 'wall'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_everyday_bank_file_is_valid_and_the_demo_vocabulary_is_fully_described():
+    from lmseg.demo.common import EXAMPLE_VOCABULARY
+    from lmseg.descriptions import read_descriptions
+    from lmseg.descriptions.lookup import find_descriptions
+
+    data = load_descriptions(str(FOLDER / "everyday.json"))  # same checks: budget, name not repeated, distinct
+    assert data and all(set(entry) == set(ATTRIBUTES) for entry in data.values())
+    names = [entry.replace("|", ", ") for entry in EXAMPLE_VOCABULARY.split(",")]
+    found = find_descriptions(names, [read_descriptions(str(FOLDER))])
+    assert [n for n in names if n not in found] == []

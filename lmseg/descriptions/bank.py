@@ -1,7 +1,8 @@
 """The bank of descriptions LMSeg ships, and reading descriptions from files and folders.
 
 The bank is the folder ``lmseg/descriptions/data/``: one ``<vocabulary>.json`` per benchmark
-vocabulary (``coco``, ``ade150``, ``ade847``, ``pc59``, ``pc459``, ``voc20``, ``voc20b``), each in
+vocabulary (``coco``, ``ade150``, ``ade847``, ``pc59``, ``pc459``, ``voc20``, ``voc20b``), plus
+``everyday`` (hand-written descriptions of everyday names no benchmark file holds), each in
 the format of :mod:`lmseg.descriptions.format`. It is package data, so it is there wherever LMSeg is
 installed.
 """

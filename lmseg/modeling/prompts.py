@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from ..descriptions.lookup import find_descriptions
 from ..descriptions import (
     ATTRIBUTES,
     Descriptions,
@@ -110,21 +111,26 @@ class PromptBuilder:
     def lookup(self, class_names: Sequence[str], descriptions: DescriptionsArg = None) -> Dict[str, Dict[str, str]]:
         """The descriptions found for ``class_names`` (names described nowhere are absent).
 
-        ``descriptions`` is a vocabulary's own (a file or a mapping, e.g. a benchmark's); None looks
-        the names up in MODEL.PROMPTS.DESCRIPTIONS.
+        Looked up in order: ``descriptions`` (a vocabulary's own file or mapping, e.g. a benchmark's),
+        then MODEL.PROMPTS.DESCRIPTIONS, then every file of the shipped bank; names are matched as
+        :mod:`lmseg.descriptions.lookup` says (synonyms, case, whitespace, plurals).
         """
+        tables = []
         if descriptions is None:
-            source = self.source()
-            table = read_descriptions(source) if os.path.exists(source) else {}
+            pass
         elif isinstance(descriptions, str):
             if os.path.exists(descriptions):
-                table = read_descriptions(descriptions)
+                tables.append(read_descriptions(descriptions))
             else:
                 logger.warning("Descriptions %s not found: the template stands in for them", descriptions)
-                table = {}
         else:
-            table = validate_descriptions(descriptions, source="the descriptions given to set_vocabulary")
-        found = {n: dict(table[n]) for n in class_names if n in table}
+            tables.append(validate_descriptions(descriptions, source="the descriptions given to set_vocabulary"))
+        if self.descriptions:
+            tables.append(read_descriptions(self.descriptions))
+        bank = shipped_descriptions_dir()
+        if bank.is_dir():
+            tables.append(read_descriptions(str(bank)))
+        found = find_descriptions(list(class_names), tables)
         missing = [n for n in class_names if n not in found]
         if missing and self.generate is not None:
             for name, entry in self.generate(missing, list(class_names)).items():
@@ -137,14 +143,17 @@ class PromptBuilder:
         names = list(class_names)
         found = self.lookup(names, descriptions) if self.attributes else {}
         missing = [n for n in names if n not in found] if self.attributes else []
-        if missing:
-            shown = ", ".join(repr(n) for n in missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-            where = descriptions if isinstance(descriptions, str) else (
-                "the given descriptions" if descriptions is not None else self.source()
-            )
+        if self.attributes:
+            def show(items):
+                return ", ".join(repr(n) for n in items[:20]) + (f" and {len(items) - 20} more" if len(items) > 20 else "")
+
+            described = [n for n in names if n in found]
             logger.info(
-                "No descriptions in %s for %d of %d classes, their description prompts use the template: %s",
-                where, len(missing), len(names), shown,
+                "Descriptions for %d of %d classes%s; template only for %d%s. To describe the rest, give a "
+                "descriptions file (MODEL.PROMPTS.DESCRIPTIONS, format in lmseg/descriptions/format.py) or set "
+                "MODEL.PROMPTS.LLM.ENABLED True",
+                len(described), len(names), f" ({show(described)})" if described else "",
+                len(missing), f" ({show(missing)})" if missing else "",
             )
         prompts = []
         for name in names:
