@@ -151,6 +151,15 @@ def _add_model_config(cfg: CN) -> None:
     # How the P prompt embeddings of a class enter the cost volume: "channels" (P cost channels) or
     # "mean" (their mean embedding, re-normalised: one channel).
     cfg.MODEL.PROMPTS.COMBINE = "channels"
+    # Training only: the probability that a class's description prompts are replaced, for one
+    # iteration, by the template (the prompts a name described nowhere gets), so that the model has
+    # seen that layout. 0 draws no random numbers and trains exactly as without the key; evaluation
+    # and inference never drop. Needs TEXTS "both" and COMBINE "channels" (the layout it imitates).
+    # configs/vitb.yaml and vitl.yaml set 0.1 (see GETTING_STARTED, Prompts).
+    cfg.MODEL.PROMPTS.DESCRIPTION_DROPOUT = 0.0
+    # Evaluation and inference only: every class gets the template-only prompts of a name described
+    # nowhere (configs/ablations/template_only_at_test.yaml measures what undescribed names cost).
+    cfg.MODEL.PROMPTS.TEST_TEMPLATE_ONLY = False
     # Where the descriptions of a vocabulary come from when it has none of its own (registered
     # benchmarks have their own: the "descriptions" file of their metadata): a descriptions JSON
     # (format: prompt_gen/README.md), a folder of them (the first file, in name order, describing a

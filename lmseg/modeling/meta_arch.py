@@ -65,6 +65,8 @@ class LMSeg(nn.Module):
         sam_pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
         class_cap: int = 256,
         class_chunk: int = 128,
+        description_dropout: float = 0.0,
+        test_template_only: bool = False,
         ignore_value: int = 255,
         size_divisibility: int = 0,
         keep_padding: bool = False,
@@ -109,6 +111,18 @@ class LMSeg(nn.Module):
         self.register_buffer("sam_pixel_std", torch.tensor(sam_pixel_std).view(-1, 1, 1), False)
         self.class_cap = class_cap
         self.class_chunk = class_chunk
+        if not 0.0 <= description_dropout < 1.0:
+            raise ValueError(f"MODEL.PROMPTS.DESCRIPTION_DROPOUT is {description_dropout}: give a probability in [0, 1)")
+        builder = prompt_builder
+        if description_dropout > 0 and (builder.texts != "both" or builder.num_channels != builder.num_prompts):
+            raise ValueError(
+                "MODEL.PROMPTS.DESCRIPTION_DROPOUT replaces description prompts by the template, so it needs "
+                'MODEL.PROMPTS.TEXTS "both" and COMBINE "channels"; set it to 0 for this config'
+            )
+        self.description_dropout = float(description_dropout)
+        if test_template_only and builder.num_templates == 0:
+            raise ValueError('MODEL.PROMPTS.TEST_TEMPLATE_ONLY needs templates (MODEL.PROMPTS.TEXTS "both")')
+        self.test_template_only = bool(test_template_only)
         self.ignore_value = ignore_value
         self.size_divisibility = size_divisibility
         self.keep_padding = keep_padding
@@ -194,6 +208,8 @@ class LMSeg(nn.Module):
             "sam_pixel_std": cfg.MODEL.SAM.PIXEL_STD,
             "class_cap": class_cap,
             "class_chunk": class_chunk,
+            "description_dropout": cfg.MODEL.PROMPTS.DESCRIPTION_DROPOUT,
+            "test_template_only": cfg.MODEL.PROMPTS.TEST_TEMPLATE_ONLY,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "size_divisibility": cfg.MODEL.LMSEG.SIZE_DIVISIBILITY,
             "keep_padding": cfg.TEST.KEEP_PADDING,
@@ -255,6 +271,24 @@ class LMSeg(nn.Module):
         MODEL.PROMPTS.COMBINE is "mean" (cached when no gradient must reach the text tower)."""
         return self.vocab.embeddings(self.clip)
 
+    def drop_descriptions(self, text: torch.Tensor) -> torch.Tensor:
+        """What a class described nowhere gets (its templates in turn in the description slots), in
+        place of its description prompts: in training for each class with probability
+        MODEL.PROMPTS.DESCRIPTION_DROPOUT, in evaluation for every class with
+        MODEL.PROMPTS.TEST_TEMPLATE_ONLY, otherwise never."""
+        if self.training:
+            if self.description_dropout == 0:
+                return text
+            drop = torch.rand(text.shape[0], device=text.device) < self.description_dropout
+        elif self.test_template_only and text.shape[1] > 1:
+            drop = torch.ones(text.shape[0], dtype=torch.bool, device=text.device)
+        else:
+            return text
+        n_templates = self.prompt_builder.num_templates
+        slots = torch.arange(text.shape[1], device=text.device)
+        source = torch.where(slots < n_templates, slots, (slots - n_templates) % n_templates)
+        return torch.where(drop[:, None, None], text[:, source], text)
+
     @property
     def fusion_weight(self) -> Optional[torch.Tensor]:
         """The learned CLIP weight w of the weighted fusion (None for other fusion modes)."""
@@ -266,7 +300,7 @@ class LMSeg(nn.Module):
         if self.training:
             targets = [x["sem_seg"].to(self.device, non_blocking=True) for x in batched_inputs]
             return self._forward_train(images, targets)
-        text = self.text_embeddings()
+        text = self.drop_descriptions(self.text_embeddings())
         sizes = [(int(x.get("height", im.shape[-2])), int(x.get("width", im.shape[-1]))) for x, im in zip(batched_inputs, images)]
         if self.sliding_window:
             return self._inference_sliding(images, sizes, text)
@@ -275,7 +309,7 @@ class LMSeg(nn.Module):
     def _forward_train(self, images: List[torch.Tensor], targets: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
         batch = ImageList.from_tensors(images, self.size_divisibility).tensor  # (B, 3, H, W), 0-padded
         labels = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor.long()
-        text = self.text_embeddings()
+        text = self.drop_descriptions(self.text_embeddings())
         t = text.shape[0]
         present = None
         if t > self.class_cap:
