@@ -33,7 +33,7 @@ def _rows(dry: bool):
         ("847 classes sliding bf16", [*base, "--precision", "bfloat16", "--classes", c847]),
         ("10000 classes sliding bf16", [*base, "--precision", "bfloat16", "--classes", c10k]),
         ("train bf16 checkpointing", [*train, *train_opts, *amp,
-                                      "MODEL.LMSEG.ACTIVATION_CHECKPOINTING", '["clip", "sam", "aggregator"]']),
+                                      "MODEL.LMSEG.ACTIVATION_CHECKPOINTING", '["clip", "sam", "aggregator", "decoder"]']),
         ("train bf16 no checkpointing", [*train, *train_opts, *amp, "MODEL.LMSEG.ACTIVATION_CHECKPOINTING", "[]"]),
     ]
 
