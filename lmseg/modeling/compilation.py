@@ -29,12 +29,6 @@ def is_compilation_failure(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("torch.compile is not supported" in text or "Dynamo is not supported" in text)
 
 
-class _CompileRefused(Exception):
-    def __init__(self, cause: Exception):
-        super().__init__(str(cause))
-        self.cause = cause
-
-
 class CompiledOrEager:
     """``fn`` compiled with ``torch.compile`` on first use, or ``fn`` itself where compiling is not
     possible (no compiler, an unsupported platform, a failed compilation): a warning says why, once,
@@ -48,22 +42,24 @@ class CompiledOrEager:
         self._failed = False
 
     def __call__(self, *args):
-        if not self._failed:
+        if self._failed:
+            return self.fn(*args)
+        if self._compiled is None:
             try:
-                if self._compiled is None:
-                    try:
-                        self._compiled = torch.compile(self.fn)
-                    except Exception as err:  # torch.compile itself refuses: unsupported here
-                        raise _CompileRefused(err) from err
-                return self._compiled(*args)
-            except Exception as err:
-                if isinstance(err, _CompileRefused):
-                    err = err.cause
-                elif not is_compilation_failure(err):
-                    raise
-                self._failed = True
-                logger.warning(
-                    "TEST.COMPILE: torch.compile of %s is not available here (%s: %s); running it "
-                    "without compiling", self.name, type(err).__name__, str(err).splitlines()[0] if str(err) else ""
-                )
+                self._compiled = torch.compile(self.fn)
+            except Exception as err:  # torch.compile itself refuses: unsupported here
+                return self._fall_back(err, args)
+        try:
+            return self._compiled(*args)
+        except Exception as err:
+            if not is_compilation_failure(err):
+                raise
+            return self._fall_back(err, args)
+
+    def _fall_back(self, err: Exception, args):
+        self._failed = True
+        logger.warning(
+            "TEST.COMPILE: torch.compile of %s is not available here (%s: %s); running it "
+            "without compiling", self.name, type(err).__name__, str(err).splitlines()[0] if str(err) else ""
+        )
         return self.fn(*args)

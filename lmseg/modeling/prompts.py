@@ -105,9 +105,6 @@ class PromptBuilder:
         """Cost-volume channels per class: P, or 1 when the prompts are averaged."""
         return 1 if self.combine_mode == "mean" else self.num_prompts
 
-    def source(self) -> str:
-        return self.descriptions or str(shipped_descriptions_dir())
-
     def lookup(self, class_names: Sequence[str], descriptions: DescriptionsArg = None) -> Dict[str, Dict[str, str]]:
         """The descriptions found for ``class_names`` (names described nowhere are absent).
 
@@ -116,14 +113,12 @@ class PromptBuilder:
         :mod:`lmseg.descriptions.lookup` says (synonyms, case, whitespace, plurals).
         """
         tables = []
-        if descriptions is None:
-            pass
-        elif isinstance(descriptions, str):
+        if isinstance(descriptions, str):
             if os.path.exists(descriptions):
                 tables.append(read_descriptions(descriptions))
             else:
                 logger.warning("Descriptions %s not found: the template stands in for them", descriptions)
-        else:
+        elif descriptions is not None:
             tables.append(validate_descriptions(descriptions, source="the descriptions given to set_vocabulary"))
         if self.descriptions:
             tables.append(read_descriptions(self.descriptions))
