@@ -31,13 +31,19 @@ def check_arguments(args) -> None:
         check_weights_file(cfg.MODEL.WEIGHTS)
     except MissingWeightsError as err:
         sys.exit(_usage_error(str(err)))
-    resumable = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-    if args.eval_only and not cfg.MODEL.WEIGHTS and not resumable and not args.allow_untrained:
+    if args.eval_only and not has_weights(cfg, args) and not args.allow_untrained:
         sys.exit(_usage_error(
             "--eval-only without MODEL.WEIGHTS would score a randomly initialised model. Give the "
             "weights (... --eval-only MODEL.WEIGHTS model.pth), or add --allow-untrained to score an "
             "untrained model on purpose."
         ))
+
+
+def has_weights(cfg, args) -> bool:
+    """Whether the run starts from trained weights: MODEL.WEIGHTS, or --resume onto a checkpoint
+    of OUTPUT_DIR."""
+    resumable = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    return bool(cfg.MODEL.WEIGHTS) or resumable
 
 
 def _usage_error(message: str) -> int:
@@ -49,7 +55,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        untrained = not cfg.MODEL.WEIGHTS and not args.resume
+        untrained = not has_weights(cfg, args)
         if untrained:
             logging.getLogger("lmseg").warning(UNTRAINED)
         load_weights(model, cfg.MODEL.WEIGHTS, save_dir=cfg.OUTPUT_DIR, resume=args.resume)

@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ..checkpoint import MissingWeightsError, check_weights_file
 from ..api import Segmentation, Segmenter
 from ..config import get_config_file
 from ..download import CATSEG_VITB_URL, DownloadError, fetch, place_hint
@@ -58,8 +59,10 @@ def build_segmenter(config_file: Optional[str], weights: Optional[str], opts: Se
         except DownloadError as err:
             raise UsageError(f"{err}\nOr {place_hint(url)}") from None
     weights = weights and os.path.expanduser(weights)
-    if weights and not os.path.isfile(weights):
-        raise UsageError(f"--weights {weights}: no such file")
+    try:
+        check_weights_file(weights, key="--weights")
+    except MissingWeightsError as err:
+        raise UsageError(str(err)) from None
     try:
         return Segmenter.from_config(config, weights=weights, opts=list(opts))
     except (FileNotFoundError, KeyError, ValueError, AssertionError, RuntimeError) as err:
