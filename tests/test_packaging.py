@@ -6,6 +6,7 @@ import ast
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -79,9 +80,18 @@ def test_the_dependency_check_sees_a_missing_declaration(monkeypatch):
 
 @pytest.mark.slow
 def test_the_wheel_installs_and_runs_from_another_folder(tmp_path):
+    # Built from a copy of the checkout's tracked files, as a fresh clone has them: building in the
+    # checkout would reuse its build/ folder, whose stale files can hide a file missing from the
+    # package data.
+    source = tmp_path / "source"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in files.splitlines():
+        if os.path.lexists(REPO / name):
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name, follow_symlinks=False)
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
         check=True, capture_output=True, text=True,
     )
     (wheel,) = wheels.glob("lmseg-*.whl")
