@@ -263,11 +263,13 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.SLIDING_OVERLAP = 0.333
     # Weight of the whole-image view in the final average (the windows get 1 - this).
     cfg.TEST.SLIDING_GLOBAL_WEIGHT = 0.5
-    # How SAM sees the image in sliding-window inference. False: once, the whole image resized to
-    # MODEL.SAM.INPUT_SIZE, each view taking its area of that feature map (fast). True: once per
-    # view, each window resized to MODEL.SAM.INPUT_SIZE on its own, the scale SAM sees in training
-    # (a crop upsampled to its input); the whole-image view still sees the whole image.
-    cfg.TEST.SAM_PER_WINDOW = False
+    # How SAM sees the image in sliding-window inference. True: once per view, each window resized
+    # to MODEL.SAM.INPUT_SIZE on its own, so that every view gets as many SAM pixels per CLIP pixel
+    # as in training and whole-image inference (SAM input size / CLIP input size); one SAM pass per
+    # view. False (opt-in, cheaper, not what the model trained on): once per image, the whole image
+    # resized to MODEL.SAM.INPUT_SIZE, each window taking its area of that map, at a coarser scale
+    # (1.6 SAM pixels per window pixel instead of 2.7 with the shipped sizes).
+    cfg.TEST.SAM_PER_WINDOW = True
     # Whole-image inference, CAT-Seg's post-processing: with SIZE_DIVISIBILITY > 0, keep the padded
     # strip when resizing the prediction to the output size (it shifts the prediction) instead of
     # cropping it; and, as detectron2's sem_seg_postprocess does in CAT-Seg, cut the low-resolution

@@ -1,6 +1,9 @@
 """Shapes and basic behaviour of every stage, with B > 1 images, T classes and P > 1 prompts."""
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lmseg.modeling.aggregator import Aggregator, _shift_mask, window_partition
 from lmseg.modeling.clip_encoder import build_clip_encoder
@@ -95,17 +98,44 @@ def test_sam_only_fusion_starts_from_non_zero_features():
     assert fusion(None, torch.randn(2, 4, 4, 4)).norm(dim=1).min() > 0
 
 
-def test_crop_and_resize_full_box_is_bilinear_resize():
-    feats = torch.randn(2, 3, 16, 16)
+def test_crop_and_resize_reduces_by_area_and_upsamples_bilinearly():
+    feats = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     boxes = torch.tensor([[1, 0, 0, 1, 1.0], [0, 0, 0, 0.5, 0.5]])
     out = crop_and_resize(feats, boxes, 8)
-    expected = torch.nn.functional.interpolate(feats[1:], size=(8, 8), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(out[:1], expected)
-    # the top-left quarter of a 16 x 16 map sampled at 8 x 8 is that quarter itself
+    # a whole map at a whole ratio: 2 x 2 cells averaged, as adaptive average pooling does
+    torch.testing.assert_close(out[0], F.adaptive_avg_pool2d(feats[1], 8))
+    # the top-left quarter of a 16 x 16 map at 8 x 8 is that quarter itself
     torch.testing.assert_close(out[1], feats[0, :, :8, :8])
-    # upsampled too, the border cells are held, not blended with zeros
+    # upsampled, it is bilinear resizing, border cells held rather than blended with zeros
     up = crop_and_resize(feats, boxes[:1], 40)
-    torch.testing.assert_close(up, torch.nn.functional.interpolate(feats[1:], size=(40, 40), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(up, F.interpolate(feats[1:], size=(40, 40), mode="bilinear", align_corners=False), rtol=0, atol=1e-5)
+
+
+def test_crop_and_resize_weighs_every_cell_of_a_fractional_box_by_the_area_it_shares():
+    # SAM's 64 x 64 map onto CLIP's 24 x 24 grid, for a whole image and for a sliding window that
+    # covers 0.6 of it (38.4 cells): every cell under the box contributes, in proportion to its area
+    noise = torch.randn(1, 1, 64, 64, dtype=torch.float64, requires_grad=True)
+    for x0, y0, x1, y1 in [(0, 0, 1, 1), (0.4, 0, 1, 0.6)]:
+        out = crop_and_resize(noise, torch.tensor([[0, x0, y0, x1, y1]]), 24)
+        (grad,) = torch.autograd.grad(out.sum(), noise)
+        touched = torch.zeros(64, 64, dtype=torch.bool)  # cells the box covers, even in part
+        touched[math.floor(y0 * 64) : math.ceil(y1 * 64), math.floor(x0 * 64) : math.ceil(x1 * 64)] = True
+        assert (grad[0, 0][touched] > 0).all() and (grad[0, 0][~touched] == 0).all()
+        # each output cell's weights sum to one: the total weight is the number of output cells
+        torch.testing.assert_close(grad.sum().item(), 24.0**2, rtol=1e-5, atol=0)
+        # by area: a cell wholly under the box weighs 24^2 / (the box's area in cells)
+        area = (x1 - x0) * 64 * (y1 - y0) * 64
+        torch.testing.assert_close(grad[0, 0][touched].max().item(), 24.0**2 / area, rtol=1e-5, atol=0)
+        # an exact reference on a 1-D ramp of cell indices: the mean of floor(t) + 0.5 over each part
+        ramp = (torch.arange(64, dtype=torch.float64) + 0.5).expand(1, 1, 64, 64)
+        row = crop_and_resize(ramp, torch.tensor([[0, x0, y0, x1, y1]]), 24)[0, 0, 0]
+        for i in (0, 7, 23):
+            lo, hi = 64 * (x0 + (x1 - x0) * i / 24), 64 * (x0 + (x1 - x0) * (i + 1) / 24)
+            t = torch.linspace(lo, hi, 200_001, dtype=torch.float64)
+            assert abs(row[i].item() - (t.floor() + 0.5).mean().item()) < 1e-3
+    # white noise is averaged, not point-sampled: std 1/sqrt(cells per output cell), not ~0.6
+    white = torch.randn(4, 16, 64, 64)
+    assert crop_and_resize(white, torch.tensor([[i, 0, 0, 1, 1.0] for i in range(4)]), 24).std() < 0.4
 
 
 def test_cost_volume_is_cosine():

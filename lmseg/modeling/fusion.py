@@ -102,7 +102,7 @@ class FeatureFusion(nn.Module):
 
 
 def crop_and_resize(features: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop boxes out of feature maps and resample each to size x size, bilinearly.
+    """Crop boxes out of feature maps and reduce each to size x size by area averaging.
 
     Args:
         features: (N, C, H, W).
@@ -110,15 +110,31 @@ def crop_and_resize(features: torch.Tensor, boxes: torch.Tensor, size: int) -> t
         size: output side.
 
     Returns:
-        (M, C, size, size); the sampling points are the centres of the output cells. Within half a
-        cell of the map's border, values are those of the border cells (as bilinear resizing with
-        ``F.interpolate`` does), not blended with zeros.
+        (M, C, size, size). Each output cell is the mean of the input cells under its part of the
+        box, each weighted by the area it shares with that part, so every input cell inside a box
+        contributes (an anti-aliased reduction: for a whole map and a whole ratio it equals
+        ``F.adaptive_avg_pool2d``). A part narrower than one input cell is widened to one cell
+        around its centre, which makes upsampling bilinear (``F.interpolate(mode="bilinear")``).
+        Near the map's border only the cells inside the map are averaged, so values are never
+        blended with zeros.
     """
     idx = boxes[:, 0].long()
-    x0, y0, x1, y1 = boxes[:, 1:].to(features.dtype).unbind(1)
-    steps = (torch.arange(size, device=features.device, dtype=features.dtype) + 0.5) / size
-    # grid_sample's coordinates run from -1 to 1 across the whole map (align_corners=False).
-    gx = (x0[:, None] + (x1 - x0)[:, None] * steps) * 2 - 1  # (M, size)
-    gy = (y0[:, None] + (y1 - y0)[:, None] * steps) * 2 - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (M, size, size, 2)
-    return F.grid_sample(features[idx], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    h, w = features.shape[-2:]
+    x0, y0, x1, y1 = boxes[:, 1:].float().unbind(1)
+    wy = _area_weights(y0 * h, y1 * h, size, h)  # (M, size, H)
+    wx = _area_weights(x0 * w, x1 * w, size, w)  # (M, size, W)
+    dtype = features.dtype
+    return torch.einsum("mih,mchw,mjw->mcij", wy.to(dtype), features[idx], wx.to(dtype))
+
+
+def _area_weights(start: torch.Tensor, end: torch.Tensor, size: int, length: int) -> torch.Tensor:
+    """Weights (M, size, length) of the input cells [j, j + 1) in each of ``size`` equal parts of
+    the intervals [start, end) (M of them, in input cells), each row summing to one."""
+    steps = torch.arange(size + 1, device=start.device, dtype=torch.float32) / size
+    edges = start[:, None] + (end - start)[:, None] * steps  # (M, size + 1)
+    centre = (edges[:, 1:] + edges[:, :-1]) / 2
+    half = ((edges[:, 1:] - edges[:, :-1]) / 2).clamp(min=0.5)
+    lo, hi = (centre - half)[..., None], (centre + half)[..., None]  # (M, size, 1)
+    cells = torch.arange(length, device=start.device, dtype=torch.float32)
+    overlap = (torch.minimum(hi, cells + 1) - torch.maximum(lo, cells)).clamp(min=0)
+    return overlap / overlap.sum(dim=-1, keepdim=True)

@@ -75,7 +75,7 @@ class LMSeg(nn.Module):
         sliding_window_size: int = 384,
         sliding_overlap: float = 0.333,
         sliding_global_weight: float = 0.5,
-        sam_per_window: bool = False,
+        sam_per_window: bool = True,
         vocabulary: Sequence[str] = (),
         vocabulary_descriptions: DescriptionsArg = None,
         activation_checkpointing: Sequence[str] = (),
@@ -348,10 +348,12 @@ class LMSeg(nn.Module):
         return self.sam(x)
 
     def _sam_maps(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Crop SAM feature maps to the areas of the CLIP views and resample them to CLIP's grid.
+        """Crop SAM feature maps to the areas of the CLIP views and reduce them to CLIP's grid.
 
         ``boxes`` holds one row (image index, x0, y0, x1, y1 in relative coordinates) per view, so
-        that both encoders' features of a view cover the same area. Returns (views, C_sam, g, g).
+        that both encoders' features of a view cover the same area. Each CLIP cell receives the
+        area mean of the SAM cells under it, so every SAM cell of a view contributes. Returns
+        (views, C_sam, g, g).
         """
         return crop_and_resize(features, boxes, self.clip.grid_size)
 
@@ -456,9 +458,10 @@ class LMSeg(nn.Module):
     ) -> List[Dict[str, torch.Tensor]]:
         """Windows over the image resized to a square grid, averaged with a whole-image view.
 
-        All views of all images run as one batch. SAM runs once per image on the whole image and
-        each view takes its area of SAM's feature map; or, with ``sam_per_window``, once per view,
-        each window resized to SAM's input size on its own (the whole-image view sees the image).
+        All views of all images run as one batch. With ``sam_per_window`` (the default) SAM runs
+        once per view, each window resized to SAM's input size on its own (the whole-image view sees
+        the image), so every view has SAM's training scale relative to CLIP's; without it, once per
+        image on the whole image, each window taking its area of SAM's feature map.
         """
         windows = self.windows
         views = torch.cat([windows.views(image) for image in images])  # (images * views, 3, s, s)
