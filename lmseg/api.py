@@ -45,6 +45,7 @@ from .engine import amp_dtype
 from .images import ImageLike, InputError, to_rgb
 from .modeling.class_text import validate_vocabulary
 from .modeling.prompts import prompt_name
+from .tta import SemSegTTA
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,8 @@ class Segmenter:
         self.cfg = cfg
         self.batch_size = max(int(batch_size), 1)
         self.model = build_model(cfg).eval()
+        # TEST.AUG as evaluation applies it (the model refuses scales it cannot honour when built)
+        self._runner = SemSegTTA(cfg, self.model) if cfg.TEST.AUG.ENABLED else self.model
         self.trained = bool(cfg.MODEL.WEIGHTS)
         if self.trained:
             load_weights(self.model, cfg.MODEL.WEIGHTS)
@@ -303,7 +306,7 @@ class Segmenter:
             )
         device = self.model.device.type
         with torch.autocast(device, dtype=self.dtype) if self.dtype else nullcontext():
-            outputs = self.model(inputs)
+            outputs = self._runner(inputs)
         results = []
         for rgb, out in zip(images, outputs):
             probs = out["sem_seg"].float()  # (T, h, w)

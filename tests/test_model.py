@@ -12,7 +12,7 @@ from lmseg.modeling.loss import sem_seg_bce_loss
 from lmseg.modeling.meta_arch import EXCLUDED_LOGIT
 from lmseg.modeling.summary import parameter_summary
 
-from tests.helpers.model_helpers import VOCAB, eval_batch, scores, tiny_cfg, tiny_model, train_batch
+from tests.helpers.model_helpers import TINY_CONFIG, VOCAB, eval_batch, scores, tiny_cfg, tiny_model, train_batch
 
 
 def _snapshot(model):
@@ -324,20 +324,65 @@ def test_model_summary_tool_prints_the_parts():
     assert f"{expected:,}" in rows["total"]
 
 
-def test_test_time_augmentation_averages_flips_and_scales():
+def test_test_time_scales_change_the_sliding_grid_and_flips_are_undone():
     from lmseg.tta import SemSegTTA
 
-    model = tiny_model()
+    model = tiny_model("TEST.SLIDING_WINDOW", "True")
     batch = eval_batch(hw=(72, 96), out_hw=(72, 96))
-    cfg = tiny_cfg("TEST.AUG.MIN_SIZES", "(72,)", "TEST.AUG.FLIP", "False")
-    # one scale equal to the image's, no flip: exactly the model's output
-    torch.testing.assert_close(scores(SemSegTTA(cfg, model), batch)[0], scores(model, batch)[0])
-    cfg = tiny_cfg("TEST.AUG.MIN_SIZES", "(64, 96)", "TEST.AUG.FLIP", "True")
-    tta = scores(SemSegTTA(cfg, model), batch)[0]
-    assert tta.shape == (len(VOCAB), 72, 96)
-    flipped = [{**batch[0], "image": batch[0]["image"].flip(-1)}]
+
+    def tta(sizes, flip=False):
+        cfg = tiny_cfg("TEST.SLIDING_WINDOW", "True", "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", sizes, "TEST.AUG.FLIP", str(flip))
+        return SemSegTTA(cfg, model)
+
+    # INPUT.MIN_SIZE_TEST (96 in tiny.yaml) alone, no flip: exactly the model's output
+    torch.testing.assert_close(scores(tta("(96,)"), batch)[0], scores(model, batch)[0], rtol=0, atol=0)
+    # another scale is another grid: 64 holds one window, 144 nine (plus the whole view each)
+    assert tta("(64, 144)").grids == [64, 144]
+    assert model._windows(64).num_views == 2 and model._windows(144).num_views == 10
+    small, large = scores(tta("(64,)"), batch)[0], scores(tta("(144,)"), batch)[0]
+    assert (small - large).abs().max() > 1e-3
+    both = scores(tta("(64, 144)"), batch)[0]
+    torch.testing.assert_close(both, (small + large) / 2, rtol=1e-5, atol=1e-6)
     # flips are undone before averaging: a flipped input gives the flipped average
-    torch.testing.assert_close(scores(SemSegTTA(cfg, model), flipped)[0], tta.flip(-1), rtol=1e-4, atol=1e-5)
+    flipped = [{**batch[0], "image": batch[0]["image"].flip(-1)}]
+    with_flip = scores(tta("(64, 144)", flip=True), batch)[0]
+    assert with_flip.shape == (len(VOCAB), 72, 96) and (with_flip - both).abs().max() > 1e-4
+    torch.testing.assert_close(scores(tta("(64, 144)", flip=True), flipped)[0], with_flip.flip(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_test_time_scales_are_refused_where_they_change_nothing():
+    from lmseg.modeling.meta_arch import LMSeg
+    from lmseg.tta import SemSegTTA
+
+    cfg = tiny_cfg("TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(64, 96)")  # whole-image inference
+    with pytest.raises(ValueError, match=r"TEST.AUG.MIN_SIZES=\(64, 96\) with TEST.SLIDING_WINDOW False.*TEST.AUG.MIN_SIZES \(96,\) for the flip alone"):
+        LMSeg.from_config(cfg)
+    with pytest.raises(ValueError, match="TEST.SLIDING_WINDOW True"):
+        SemSegTTA(cfg, tiny_model())
+    # the flip alone works on the whole-image path
+    model = tiny_model()
+    flip_only = SemSegTTA(tiny_cfg("TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(96,)"), model)
+    batch = eval_batch()
+    assert (scores(flip_only, batch)[0] - scores(model, batch)[0]).abs().max() > 1e-4
+
+
+def test_segmenter_applies_test_time_augmentation_as_evaluation_does():
+    import numpy as np
+
+    from lmseg import Segmenter
+    from lmseg.tta import SemSegTTA
+
+    opts = ["TEST.SLIDING_WINDOW", "True", "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(64, 144)", "TEST.AUG.FLIP", "True"]
+    seg = Segmenter.from_config(TINY_CONFIG, opts=opts)
+    seg.set_vocabulary(VOCAB)
+    image = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    with_tta = seg(image, probabilities=True).probabilities
+    expected = SemSegTTA(seg.cfg, seg.model)
+    seg._runner = seg.model
+    without = seg(image, probabilities=True).probabilities
+    assert (with_tta - without).abs().max() > 1e-3
+    seg._runner = expected
+    torch.testing.assert_close(seg(image, probabilities=True).probabilities, with_tta, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("opts, message", [

@@ -31,6 +31,7 @@ from .prompts import DescriptionsArg, PromptBuilder, build_prompt_builder
 from .sam_encoder import SamEncoder, build_sam_encoder
 from .sliding import SlidingWindows, whole_image_boxes
 from .summary import log_parameter_summary
+from ..tta import check_test_aug
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class LMSeg(nn.Module):
         if class_chunk < 1:
             raise ValueError(f"MODEL.LMSEG.CLASS_CHUNK={class_chunk} must be at least 1")
         self.windows = SlidingWindows(sliding_grid, sliding_window_size, sliding_overlap, sliding_global_weight)
+        self._scaled_windows: Dict[int, SlidingWindows] = {}
         self.clip = clip
         self.sam = sam
         self.fusion = fusion
@@ -135,6 +137,7 @@ class LMSeg(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> dict:
         _check_input_format(cfg)
+        check_test_aug(cfg)
         sam_enabled = cfg.MODEL.SAM.ENABLED
         _check_fusion_matches_sam(cfg.MODEL.FUSION.MODE, sam_enabled)
         clip_weights, sam_weights = _pretrained_sources(cfg)
@@ -302,9 +305,28 @@ class LMSeg(nn.Module):
             return self._forward_train(images, targets)
         text = self.drop_descriptions(self.text_embeddings())
         sizes = [(int(x.get("height", im.shape[-2])), int(x.get("width", im.shape[-1]))) for x, im in zip(batched_inputs, images)]
-        if self.sliding_window:
-            return self._inference_sliding(images, sizes, text)
-        return self._inference_whole(images, sizes, text)
+        grids = [x.get("sliding_grid") for x in batched_inputs]
+        if not self.sliding_window:
+            if any(g is not None for g in grids):
+                raise ValueError("an input names a 'sliding_grid', but TEST.SLIDING_WINDOW is False")
+            return self._inference_whole(images, sizes, text)
+        results: List[Optional[Dict[str, torch.Tensor]]] = [None] * len(images)
+        for grid in dict.fromkeys(grids):  # inputs grouped by grid, in order
+            group = [i for i, g in enumerate(grids) if g == grid]
+            out = self._inference_sliding([images[i] for i in group], [sizes[i] for i in group], text, self._windows(grid))
+            for i, result in zip(group, out):
+                results[i] = result
+        return results
+
+    def _windows(self, grid: Optional[int]) -> SlidingWindows:
+        """The sliding windows of TEST.SLIDING_GRID (``grid`` None), or of another grid side with the
+        same window size, overlap and blend (test-time scales, :mod:`lmseg.tta`)."""
+        if grid is None or grid == self.windows.grid:
+            return self.windows
+        if grid not in self._scaled_windows:
+            w = self.windows
+            self._scaled_windows[grid] = SlidingWindows(int(grid), w.window, w.overlap, w.global_weight)
+        return self._scaled_windows[grid]
 
     def _forward_train(self, images: List[torch.Tensor], targets: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
         batch = ImageList.from_tensors(images, self.size_divisibility).tensor  # (B, 3, H, W), 0-padded
@@ -454,7 +476,7 @@ class LMSeg(nn.Module):
         return out
 
     def _inference_sliding(
-        self, images: List[torch.Tensor], sizes: List[Tuple[int, int]], text: torch.Tensor
+        self, images: List[torch.Tensor], sizes: List[Tuple[int, int]], text: torch.Tensor, windows: SlidingWindows
     ) -> List[Dict[str, torch.Tensor]]:
         """Windows over the image resized to a square grid, averaged with a whole-image view.
 
@@ -463,7 +485,6 @@ class LMSeg(nn.Module):
         the image), so every view has SAM's training scale relative to CLIP's; without it, once per
         image on the whole image, each window taking its area of SAM's feature map.
         """
-        windows = self.windows
         views = torch.cat([windows.views(image) for image in images])  # (images * views, 3, s, s)
         clip_views = self._clip_views(views)
         sam = None
