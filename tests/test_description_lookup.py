@@ -59,3 +59,13 @@ def test_one_log_line_per_vocabulary(vitb_builder, caplog):
     assert len(lines) == 1
     assert "1 of 2" in lines[0] and "'spaceship'" in lines[0]
     assert "MODEL.PROMPTS.DESCRIPTIONS" in lines[0] and "MODEL.PROMPTS.LLM.ENABLED" in lines[0]
+
+
+def test_a_name_held_as_it_is_wins_over_the_singular_of_another():
+    eyeglasses = dict(ENTRY, shape="two lenses in a frame")
+    table = {"glass (drink container)": ENTRY, "glass": ENTRY, "eyeglasses, spectacles, glasses": eyeglasses}
+    found = find_descriptions(["glasses", "Glasses, spectacles", "glass", "cups, glass"], [table])
+    assert found["glasses"] == eyeglasses and found["Glasses, spectacles"] == eyeglasses
+    assert found["glass"] == ENTRY
+    # every synonym is tried as it is before any is reduced to its singular
+    assert find_descriptions(["cups, glass"], [{"cup": eyeglasses, "glass": ENTRY}])["cups, glass"] == ENTRY

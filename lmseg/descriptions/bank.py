@@ -2,7 +2,8 @@
 
 The bank is the folder ``lmseg/descriptions/data/``: one ``<vocabulary>.json`` per benchmark
 vocabulary (``coco``, ``ade150``, ``ade847``, ``pc59``, ``pc459``, ``voc20``, ``voc20b``), plus
-``everyday`` (hand-written descriptions of everyday names no benchmark file holds), each in
+``lvis`` (the 1,203 categories of LVIS v1, keyed by their names and synonyms, "aerosol can, spray
+can") and ``everyday`` (everyday names none of the others holds, "bee", "french fries"), each in
 the format of :mod:`lmseg.descriptions.format`. It is package data, so it is there wherever LMSeg is
 installed.
 """

@@ -1,10 +1,12 @@
 """Finding the descriptions of the names people type in a table of descriptions.
 
 A vocabulary entry may hold synonyms ("cup, mug"); each of them is tried in order and the first one
-described wins. Names are compared after normalisation: lower case, surrounding and repeated
-whitespace removed, and simple English plurals reduced to the singular ("cats" -> "cat", "buses" ->
-"bus", "berries" -> "berry"). A table key with a parenthesised qualifier ("bow (weapon)") also
-answers to its bare name ("bow") when no other key has that bare name.
+described wins. Names are compared in lower case with surrounding and repeated whitespace removed:
+first as they are, then with simple English plurals reduced to the singular ("cats" -> "cat",
+"buses" -> "bus", "berries" -> "berry"), so that a name the tables hold as it is ("glasses", a
+synonym of eyeglasses) is not taken for the singular of another ("glass"). A table key with a
+parenthesised qualifier ("bow (weapon)") also answers to its bare name ("bow") when no other key
+has that bare name.
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ def _singular(word: str) -> str:
     return word
 
 
+def _literal(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
 def normalise(name: str) -> str:
     """The form names are compared in: lower case, single spaces, last word singular."""
     words = name.lower().split()
@@ -42,11 +48,13 @@ class DescriptionIndex:
     """The keys of one or more descriptions tables by normalised name; earlier tables win."""
 
     def __init__(self, tables: Iterable[Mapping[str, Mapping[str, str]]]):
+        self._literal: Dict[str, Mapping[str, str]] = {}
         self._exact: Dict[str, Mapping[str, str]] = {}
         bare: Dict[str, List[Mapping[str, str]]] = {}
         for table in tables:
             for key, entry in table.items():
                 for name in [key, *synonyms(key)]:
+                    self._literal.setdefault(_literal(name), entry)
                     self._exact.setdefault(normalise(name), entry)
                 for name in synonyms(key):
                     stripped = _QUALIFIER.sub("", name)
@@ -59,10 +67,11 @@ class DescriptionIndex:
 
     def find(self, entry: str) -> Optional[Dict[str, str]]:
         """The descriptions of the first name of ``entry`` that has any, or None."""
-        for name in [entry, *synonyms(entry)]:
-            key = normalise(name)
-            if key in self._exact:
-                return dict(self._exact[key])
+        names = [entry, *synonyms(entry)]
+        for table, form in ((self._literal, _literal), (self._exact, normalise)):
+            for name in names:
+                if form(name) in table:
+                    return dict(table[form(name)])
         for name in synonyms(entry):
             key = normalise(name)
             if key in self._bare:
