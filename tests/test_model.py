@@ -83,12 +83,14 @@ def test_vocabulary_permutation_permutes_scores():
 
 
 def _spy_on_loss(monkeypatch):
-    """Record the logits (N, T, H, W) the model's training loss is computed from."""
+    """Record the logits (N, T, H, W) the model's training loss is computed from (past the class cap,
+    (N, cap, H, W) with the keyword argument ``classes``, also recorded, in ``spy.classes``)."""
     seen = []
 
-    def spy(logits, labels, ignore_value):
+    def spy(logits, labels, ignore_value, **kwargs):
         seen.append(logits.detach())
-        return sem_seg_bce_loss(logits, labels, ignore_value)
+        spy.classes = kwargs.get("classes")
+        return sem_seg_bce_loss(logits, labels, ignore_value, **kwargs)
 
     monkeypatch.setattr(meta_arch, "sem_seg_bce_loss", spy)
     return seen
@@ -172,12 +174,67 @@ def test_training_with_more_classes_than_the_cap_keeps_labelled_classes(monkeypa
     labelled = [(3, 17), (25, 38)]  # each image's own classes, two of the 40
     for item, classes in zip(batch, labelled):
         item["sem_seg"] = torch.tensor(classes)[item["sem_seg"]]
+    grad_enabled = []
+    cost_volume = meta_arch.cost_volume
+    monkeypatch.setattr(meta_arch, "cost_volume", lambda f, t: (grad_enabled.append((t.shape[-3], torch.is_grad_enabled())), cost_volume(f, t))[1])
     model(batch)["loss_sem_seg"].backward()
-    kept = seen[-1].amax(dim=(2, 3)) > EXCLUDED_LOGIT  # (images, classes) not given the excluded logit
-    for image_kept, classes in zip(kept, labelled):
+    # only the kept classes' maps reach the loss: (images, cap, H, W), with their indices
+    kept = meta_arch.sem_seg_bce_loss.classes
+    assert seen[-1].shape[:2] == (2, 4) and kept.shape == (2, 4)
+    for image_kept, classes in zip(kept.tolist(), labelled):
         # the cap keeps 4 classes of each image, its labelled ones among them, whatever their similarity
-        assert image_kept.sum() == 4 and image_kept[list(classes)].all()
-    assert not torch.equal(kept[0], kept[1])
+        assert len(set(image_kept)) == 4 and set(classes) <= set(image_kept)
+    assert kept[0].tolist() != kept[1].tolist()
+    # the selection over all 40 classes runs without autograd, the head's 4 classes with it
+    assert grad_enabled == [(40, False), (4, True)]
+
+
+def test_loss_past_the_cap_equals_the_loss_of_the_dense_logits():
+    torch.manual_seed(0)
+    t, k = 30, 5
+    logits = torch.randn(2, k, 6, 7, requires_grad=True)
+    classes = torch.stack([torch.randperm(t)[:k].sort().values for _ in range(2)])
+    targets = classes[torch.arange(2)[:, None, None], torch.randint(0, k, (2, 6, 7))]
+    targets[0, 0, :3] = 255  # ignored
+    targets[1, 2, 2] = next(c for c in range(t) if c not in classes[1])  # a labelled class the cap dropped
+    dense = torch.full((2, t, 6, 7), EXCLUDED_LOGIT).scatter(1, classes[:, :, None, None].expand(-1, -1, 6, 7), logits)
+    expected = sem_seg_bce_loss(dense, targets, 255)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    sparse = sem_seg_bce_loss(logits, targets, 255, classes=classes, num_classes=t, other_logit=EXCLUDED_LOGIT)
+    (grad,) = torch.autograd.grad(sparse, logits)
+    torch.testing.assert_close(sparse, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match=r"label values \[30\] are outside the vocabulary of 30 classes"):
+        sem_seg_bce_loss(logits, targets.masked_fill(targets == targets[1, 0, 0], 30), 255, classes=classes, num_classes=t)
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_inference_past_the_cap_keeps_only_the_kept_classes_maps(monkeypatch, sliding):
+    """Past MODEL.LMSEG.CLASS_CAP the scores equal those of the dense (views, T, h, w) logits that
+    hold EXCLUDED_LOGIT for every class a view did not keep, which are never built: the maps that
+    are resized and folded hold at most views x cap classes."""
+    vocab = [f"class {i}" for i in range(40)]
+    model = tiny_model("MODEL.LMSEG.CLASS_CAP", "4", "TEST.SLIDING_WINDOW", str(sliding), vocabulary=vocab)
+    batch = eval_batch(num_images=2)
+    mapped = []
+    map_classes = model._map_classes
+    monkeypatch.setattr(model, "_map_classes", lambda x, *a, **kw: (mapped.append(x.shape), map_classes(x, *a, **kw))[1])
+    sparse = scores(model, batch)
+    views = model.windows.num_views if sliding else 1
+    assert len(mapped) == 2 and all(shape[1 if sliding else 0] <= views * 4 for shape in mapped)
+    predict = model._predict
+
+    def dense_predict(*args):
+        logits, kept = predict(*args)
+        full = logits.new_full((logits.shape[0], len(vocab), *logits.shape[-2:]), EXCLUDED_LOGIT)
+        return full.scatter(1, kept[:, :, None, None].expand_as(logits), logits), None
+
+    monkeypatch.setattr(model, "_predict", dense_predict)
+    dense = scores(model, batch)
+    for a, b in zip(sparse, dense):
+        assert a.shape == (40, 90, 120)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+        assert (a.amax(dim=(1, 2)) < 1e-30).sum() >= 40 - views * 4  # the classes no view kept score 0
 
 
 @pytest.mark.parametrize("bad,message", [

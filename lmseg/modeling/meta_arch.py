@@ -343,9 +343,12 @@ class LMSeg(nn.Module):
         sam = None
         if self.sam is not None:
             sam = self._sam_maps(self._sam_features(batch), whole_image_boxes(len(images), self.device))
-        logits = self._predict(self._clip_views(batch), sam, text, present)
+        logits, kept = self._predict(self._clip_views(batch), sam, text, present)
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        return {"loss_sem_seg": sem_seg_bce_loss(logits, labels, self.ignore_value)}
+        if kept is None:
+            return {"loss_sem_seg": sem_seg_bce_loss(logits, labels, self.ignore_value)}
+        loss = sem_seg_bce_loss(logits, labels, self.ignore_value, classes=kept, num_classes=t, other_logit=EXCLUDED_LOGIT)
+        return {"loss_sem_seg": loss}
 
     # ----------------------------------------------------------------------------- core pass
     def _clip_views(self, images: torch.Tensor) -> torch.Tensor:
@@ -385,14 +388,19 @@ class LMSeg(nn.Module):
         sam_maps: Optional[torch.Tensor],
         text: torch.Tensor,
         keep_classes: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Logits (V, T, 4g, 4g) of V views.
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Logits of V views, and which classes they are for.
 
         Args:
             clip_views: (V, 3, S, S) normalised CLIP inputs.
             sam_maps: (V, C_sam, g, g) SAM features of the same areas, or None.
             text: (T, P, C) prompt embeddings.
             keep_classes: optional (V, T) bool of classes the class cap must keep.
+
+        Returns:
+            (V, T, 4g, 4g) logits and None when T is within the class cap; past it, (V, cap, 4g, 4g)
+            logits of each view's kept classes and their (V, cap) indices, sorted: every other class
+            has the logit ``EXCLUDED_LOGIT`` everywhere, which is never stored.
         """
         dense, guidance = self.clip.encode_image(clip_views)
         feats = self.fusion(dense, sam_maps)  # (V, C, g, g)
@@ -404,11 +412,7 @@ class LMSeg(nn.Module):
             keep = self._select_classes(feats, text, keep_classes)  # (V, cap)
             view_text = text[keep]
         head = self._head if self.training else self._inference_head
-        logits = head(feats, view_text, *guidance)  # (V, T', 4g, 4g)
-        if keep is None:
-            return logits
-        full = logits.new_full((v, t, *logits.shape[-2:]), EXCLUDED_LOGIT)
-        return full.scatter(1, keep[:, :, None, None].expand(-1, -1, *logits.shape[-2:]), logits)
+        return head(feats, view_text, *guidance), keep  # (V, T', 4g, 4g)
 
     def _head(self, feats: torch.Tensor, view_text: torch.Tensor, *guidance: torch.Tensor) -> torch.Tensor:
         """Logits (V, T', 4g, 4g) from fused features (V, C, g, g) and prompts (V, T', P, C)."""
@@ -422,13 +426,18 @@ class LMSeg(nn.Module):
         """Indices (V, cap) of the classes with the highest peak cosine in each view.
 
         The cost volume is computed in chunks of classes, so memory stays bounded whatever the
-        vocabulary size.
+        vocabulary size, and without autograd (the selection is not differentiable, and a graph
+        would keep every chunk's cost volume alive until the backward pass).
         """
         chunk = max(self.class_chunk, 1024)
-        scores = torch.cat(
-            [cost_volume(feats, text[i : i + chunk]).flatten(3).amax(dim=(1, 3)) for i in range(0, text.shape[0], chunk)],
-            dim=1,
-        ).float()  # (V, T)
+        with torch.no_grad():
+            scores = torch.cat(
+                [
+                    cost_volume(feats, text[i : i + chunk]).flatten(3).amax(dim=(1, 3))
+                    for i in range(0, text.shape[0], chunk)
+                ],
+                dim=1,
+            ).float()  # (V, T)
         if keep_classes is not None:
             scores = scores.masked_fill(keep_classes, float("inf"))
         return scores.topk(self.class_cap, dim=1).indices.sort(dim=1).values
@@ -443,7 +452,7 @@ class LMSeg(nn.Module):
         sam = None
         if self.sam is not None:
             sam = self._sam_maps(self._sam_features(padded), whole_image_boxes(len(padded), self.device))
-        logits = self._predict(clip_views, sam, text)
+        logits, kept = self._predict(clip_views, sam, text)
         results = []
         for i, (image, pad, size) in enumerate(zip(images, padded, sizes)):
             crop = None
@@ -454,8 +463,9 @@ class LMSeg(nn.Module):
                 crop = (logits.shape[-2:], image.shape[-2:])
             elif pad.shape[-2:] != image.shape[-2:]:
                 crop = (pad.shape[-2:], image.shape[-2:])
-            scores = self._map_classes(logits[i], lambda x: _resize_scores(x.sigmoid(), size, crop))
-            results.append({"sem_seg": scores})
+            to_scores = lambda x: _resize_scores(x.sigmoid(), size, crop)  # noqa: E731
+            classes = None if kept is None else kept[i]
+            results.append({"sem_seg": self._map_classes(logits[i], to_scores, text.shape[0], classes)})
         return results
 
     def _pad(self, image: torch.Tensor) -> torch.Tensor:
@@ -494,26 +504,38 @@ class LMSeg(nn.Module):
             sam = self._sam_maps(self._sam_features(sam_inputs), whole_image_boxes(len(sam_inputs), self.device))
         elif self.sam is not None:
             sam = self._sam_maps(self._sam_features(images), windows.boxes(len(images), self.device))
-        logits = self._predict(clip_views, sam, text)  # (images * views, T, h, w)
-
+        logits, kept = self._predict(clip_views, sam, text)  # (images * views, T or cap, h, w)
+        t, n = text.shape[0], windows.num_views
         results = []
-        for image_logits, size_out in zip(logits.split(windows.num_views), sizes):
+        for i, size_out in enumerate(sizes):
+            image_logits = logits[i * n : (i + 1) * n]
+            classes = None
+            if kept is not None:
+                image_logits, classes = _union_of_views(image_logits, kept[i * n : (i + 1) * n])
             fold = lambda x: _resize_scores(windows.fold(x), size_out)  # noqa: E731
-            results.append({"sem_seg": self._map_classes(image_logits, fold, dim=1)})
+            results.append({"sem_seg": self._map_classes(image_logits, fold, t, classes, dim=1)})
         return results
 
-    def _map_classes(self, x: torch.Tensor, fn, dim: int = 0) -> torch.Tensor:
+    def _map_classes(
+        self, x: torch.Tensor, fn, num_classes: int, classes: Optional[torch.Tensor] = None, dim: int = 0
+    ) -> torch.Tensor:
         """Apply ``fn`` to chunks of classes along ``dim``, filling one float32 output (T, H, W).
 
-        Only one chunk's intermediate maps exist at a time, and the output is never copied.
+        ``classes`` names the class of each slice of ``x`` along ``dim`` when it holds only some of
+        the ``num_classes`` (the class cap's kept ones); every other class gets the score ``fn`` gives
+        the logit ``EXCLUDED_LOGIT``, a constant, without its maps being computed. Only one chunk's
+        intermediate maps exist at a time, and the output is never copied.
         """
         out = None
         start = 0
         for chunk in x.split(self.class_chunk, dim=dim):
             y = fn(chunk)
             if out is None:
-                out = y.new_empty((x.shape[dim], *y.shape[1:]), dtype=torch.float32)
-            out[start : start + y.shape[0]] = y
+                out = y.new_empty((num_classes, *y.shape[1:]), dtype=torch.float32)
+                if classes is not None:
+                    out.fill_(torch.sigmoid(torch.tensor(EXCLUDED_LOGIT)).item())
+            rows = slice(start, start + y.shape[0]) if classes is None else classes[start : start + y.shape[0]]
+            out[rows] = y
             start += y.shape[0]
         return out
 
@@ -561,6 +583,16 @@ def _pretrained_sources(cfg) -> Tuple[str, str]:
         logger.info("MODEL.SAM.CHECKPOINT=%r not loaded: MODEL.WEIGHTS holds SAM's weights", sam)
         sam = ""
     return clip, sam
+
+
+def _union_of_views(logits: torch.Tensor, kept: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The logits (views, U, h, w) of the U classes kept by any of an image's views, sorted, each view
+    holding ``EXCLUDED_LOGIT`` for the classes it did not keep; and the U class indices. ``logits``
+    is (views, cap, h, w) with the kept classes ``kept`` (views, cap)."""
+    union, position = torch.unique(kept, sorted=True, return_inverse=True)  # position: (views, cap)
+    out = logits.new_full((logits.shape[0], union.numel(), *logits.shape[-2:]), EXCLUDED_LOGIT)
+    out.scatter_(1, position[:, :, None, None].expand_as(logits), logits)
+    return out, union
 
 
 def _resize_scores(scores: torch.Tensor, size: Tuple[int, int], crop=None) -> torch.Tensor:
