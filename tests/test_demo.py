@@ -224,6 +224,30 @@ def test_bad_arguments_and_inputs_stop_with_a_message(tmp_path, capsys):
     assert "give images with --input or a video with --video-input" in capsys.readouterr().err
 
 
+def test_an_output_that_cannot_be_written_stops_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    def no_build(*args):
+        raise AssertionError("the model was built before --output was checked")
+
+    monkeypatch.setattr(demo, "build_segmenter", no_build)
+    image = _save(tmp_path / "img.png", Image.fromarray(_photo(8, 8)))
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    cases = [
+        (taken, f"--output {taken} is a file, not a folder"),
+        (taken / "sub" / "out", f"--output {taken / 'sub' / 'out'} cannot be created: {taken} is a file, not a folder"),
+    ]
+    for out, message in cases:
+        assert demo.main(["--input", str(image), "--vocab", "cat", "--output", str(out)]) == 3
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    # a folder that may not be written: permissions do not bind root, who runs the tests, so the
+    # operating system's answer for tmp_path is replaced by a refusal
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else access(path, mode))
+    assert demo.main(["--input", str(image), "--vocab", "cat", "--output", str(tmp_path / "new" / "out")]) == 3
+    assert f"cannot be written: {tmp_path} is not writable" in capsys.readouterr().err
+
+
 def test_outputs_keep_relative_paths_and_full_names():
     names = demo.output_names(["a/x.jpg", "b/x.jpg", "a/x.png", "a/deeper/y.jpg"])
     assert names == ["a/x.jpg", "b/x.jpg", "a/x.png", os.path.join("a", "deeper", "y.jpg")]

@@ -18,7 +18,7 @@ Vocabulary: --vocab (classes separated by ",", synonyms of one class by "|"), or
 class a line, a JSON list of names, or a benchmark name: ade150, ade847, coco, pc59, pc459, voc20);
 neither gives ADE20K's 150 classes (ade150).
 
-Exit status: 0 all done, 1 some inputs were skipped (each is reported), 2 nothing could be done.
+The exit statuses are listed at the end of --help (EPILOG).
 """
 from __future__ import annotations
 
@@ -43,9 +43,25 @@ DEFAULT_VOCABULARY = "ade150"
 DEFAULT_OUTPUT = "demo_output"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
+# Exit statuses besides 0 (all done), 1 (some inputs skipped) and 2 (UsageError: nothing can be done).
+EXIT_OUTPUT = 3
+EPILOG = f"""\
+exit status:
+  0  every input was segmented and written
+  1  some inputs were skipped (each is reported), the others written
+  2  nothing could be done: no inputs, a bad vocabulary, config or weights
+  {EXIT_OUTPUT}  --output is a file, or a folder that cannot be created or written (checked before the
+     model is built)
+"""
+
+
+class OutputFolderError(Exception):
+    """--output names a place where the results cannot be written: exit status EXIT_OUTPUT."""
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lmseg-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="lmseg-demo", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", metavar="FILE", help=f"model config (default: {Path(DEFAULT_CONFIG).name} "
                         "with CAT-Seg's ViT-B weights, downloaded once)")
     parser.add_argument("--weights", metavar="PATH|URL", help="weights (MODEL.WEIGHTS); a URL is downloaded once into the cache")
@@ -119,6 +135,31 @@ def output_names(paths: Sequence[str]) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------- outputs
+def check_output_folder(out: Path) -> None:
+    """Raise :class:`OutputFolderError` unless results can be written under ``out``: an existing
+    folder that is writable, or a path whose nearest existing folder is writable (``out`` is
+    created there when the first result is written)."""
+    try:
+        if os.path.lexists(out) and not out.is_dir():
+            raise OutputFolderError(
+                f"--output {out} is a file, not a folder: name a folder for the results (it is created if missing)"
+            )
+        existing = Path(os.path.abspath(out))
+        while not os.path.lexists(existing):
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputFolderError(
+                f"--output {out} cannot be created: {existing} is a file, not a folder; name another folder"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputFolderError(
+                f"--output {out} cannot be written: {existing} is not writable (no permission, or a "
+                "read-only file system); name a folder you can write to"
+            )
+    except OSError as err:  # a folder on the way that cannot even be looked into
+        raise OutputFolderError(f"--output {out} cannot be used: {err}") from None
+
+
 def one_line(result: Segmentation, limit: int = 5) -> str:
     names = result.names
     found = [f"{names[i]} {result.pixel_share[i]:.0%}" for i in result.present[:limit]]
@@ -195,11 +236,13 @@ def segment_video(seg: Segmenter, path: str, out: Path) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging()
+    out = Path(args.output or DEFAULT_OUTPUT)
     try:
         names = vocabulary(args)
         paths = image_paths(args.input)
         if args.input and not paths:
             raise UsageError(f"no images found in {' '.join(args.input)}")
+        check_output_folder(out)
         seg = build_segmenter(args.config_file, args.weights, args.opts)
         try:
             seg.set_vocabulary(names)
@@ -208,7 +251,9 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.output or DEFAULT_OUTPUT)
+    except OutputFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_OUTPUT
     if args.output is None:
         print(f"Writing the results to {out}/ (choose another folder with --output)", file=sys.stderr)
     skipped = segment_images(seg, paths, out) if paths else 0
