@@ -248,6 +248,25 @@ def test_an_output_that_cannot_be_written_stops_before_the_model_is_built(tmp_pa
     assert f"cannot be written: {tmp_path} is not writable" in capsys.readouterr().err
 
 
+def test_an_output_folder_inside_the_inputs_is_not_segmented_again(tmp_path, capsys, weights):
+    photos = tmp_path / "photos"
+    _save(photos / "x.png", Image.fromarray(_photo(16, 16)))
+    _save(photos / "sub" / "y.png", Image.fromarray(_photo(16, 16, seed=1)))
+    out = photos / "out"
+    written = ["sub/y.png.json", "sub/y.png.labels.png", "sub/y.png.overlay.jpg",
+               "x.png.json", "x.png.labels.png", "x.png.overlay.jpg"]
+    args = ["--config-file", TINY_CONFIG, "--weights", weights, "--vocab", "sky,grass", "--output", str(out)]
+    for _ in range(2):  # the second run finds the first one's results under photos/
+        assert demo.main([*args, "--input", str(photos)]) == 0
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == written
+        assert capsys.readouterr().out.count(" -> ") == 2  # x.png and sub/y.png, nothing under out/
+    # a glob leaves them out too
+    assert demo.image_paths([str(photos / "**" / "*.png")], out) == [str(photos / "sub" / "y.png"), str(photos / "x.png")]
+    # an input inside the output folder is searched as named
+    inside = [str(out / name) for name in written if not name.endswith(".json")]
+    assert sorted(demo.image_paths([str(out)], out)) == inside
+
+
 def test_outputs_keep_relative_paths_and_full_names():
     names = demo.output_names(["a/x.jpg", "b/x.jpg", "a/x.png", "a/deeper/y.jpg"])
     assert names == ["a/x.jpg", "b/x.jpg", "a/x.png", os.path.join("a", "deeper", "y.jpg")]

@@ -27,7 +27,7 @@ import glob
 import os
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -110,19 +110,40 @@ def vocabulary(args) -> List[str]:
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def image_paths(inputs: Sequence[str]) -> List[str]:
-    """Files named, images found in folders (recursively) and glob matches, in order, once each."""
+def image_paths(inputs: Sequence[str], output: Optional[Path] = None) -> List[str]:
+    """Files named, images found in folders (recursively) and glob matches, in order, once each.
+
+    Where the output folder lies inside a folder searched (``--input photos --output photos/out``),
+    it and everything under it are left out, so that a second run does not segment the first one's
+    results; an input named inside the output folder is searched as it is.
+    """
+    def inside_output(path: str) -> bool:
+        if output is None:
+            return False
+        real, out = os.path.realpath(path), os.path.realpath(output)
+        return real == out or real.startswith(out.rstrip(os.sep) + os.sep)
+
     paths = []
     for item in inputs:
         if os.path.isdir(item):
+            keep_output = inside_output(item)
             for root, dirs, files in os.walk(item):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if keep_output or not inside_output(os.path.join(root, d)))
                 paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
         elif glob.has_magic(item):
-            paths += sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            keep_output = inside_output(_literal_prefix(item))
+            matches = [p for p in glob.glob(item, recursive=True) if os.path.isfile(p)]
+            paths += sorted(p for p in matches if keep_output or not inside_output(p))
         else:
             paths.append(item)  # reported later if missing or not an image
     return list(dict.fromkeys(os.path.normpath(p) for p in paths))
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The folder a glob pattern searches: its components before the first with a wildcard."""
+    parts = Path(pattern).parts
+    literal = parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))]
+    return os.path.join(*literal) if literal else "."
 
 
 def output_names(paths: Sequence[str]) -> List[str]:
@@ -239,7 +260,7 @@ def main(argv=None) -> int:
     out = Path(args.output or DEFAULT_OUTPUT)
     try:
         names = vocabulary(args)
-        paths = image_paths(args.input)
+        paths = image_paths(args.input, out)
         if args.input and not paths:
             raise UsageError(f"no images found in {' '.join(args.input)}")
         check_output_folder(out)
