@@ -267,6 +267,33 @@ def test_an_output_folder_inside_the_inputs_is_not_segmented_again(tmp_path, cap
     assert sorted(demo.image_paths([str(out)], out)) == inside
 
 
+def test_ctrl_c_in_a_folder_keeps_what_was_written_and_says_so(tmp_path, capsys, monkeypatch, weights):
+    photos = tmp_path / "photos"
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        _save(photos / name, Image.fromarray(_photo(16, 16, seed=i)))
+    segment = Segmenter.__call__
+    calls = []
+
+    def interrupted_on_the_second_image(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return segment(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "__call__", interrupted_on_the_second_image)
+    out = tmp_path / "out"
+    try:
+        code = demo.main(["--config-file", TINY_CONFIG, "--weights", weights, "--input", str(photos),
+                          "--vocab", "sky,grass", "--output", str(out)])
+    except KeyboardInterrupt:  # let through, it would stop the test session rather than fail the test
+        pytest.fail("the KeyboardInterrupt went through the demo's main")
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert f"Interrupted: 1 of 3 images written to {out}/; the other 2 were not segmented" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png.json", "a.png.labels.png", "a.png.overlay.jpg"]
+    _check_outputs(out / "a.png", (16, 16), ["sky", "grass"])
+
+
 def test_outputs_keep_relative_paths_and_full_names():
     names = demo.output_names(["a/x.jpg", "b/x.jpg", "a/x.png", "a/deeper/y.jpg"])
     assert names == ["a/x.jpg", "b/x.jpg", "a/x.png", os.path.join("a", "deeper", "y.jpg")]

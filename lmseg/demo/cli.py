@@ -45,6 +45,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 # Exit statuses besides 0 (all done), 1 (some inputs skipped) and 2 (UsageError: nothing can be done).
 EXIT_OUTPUT = 3
+EXIT_INTERRUPTED = 130  # what shells report for a program ended by Ctrl-C (128 + SIGINT)
 EPILOG = f"""\
 exit status:
   0  every input was segmented and written
@@ -52,6 +53,7 @@ exit status:
   2  nothing could be done: no inputs, a bad vocabulary, config or weights
   {EXIT_OUTPUT}  --output is a file, or a folder that cannot be created or written (checked before the
      model is built)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C): the results written until then are kept, and it says how many
 """
 
 
@@ -189,25 +191,37 @@ def one_line(result: Segmentation, limit: int = 5) -> str:
 
 
 def segment_images(seg: Segmenter, paths: List[str], out: Path) -> int:
-    """Segment and write every image; returns how many were skipped (each reported)."""
-    skipped = 0
+    """Segment and write every image; returns how many were skipped (each reported).
+
+    Interrupted (KeyboardInterrupt), it says how many images were written, and where, and raises
+    the KeyboardInterrupt again.
+    """
+    skipped = written = 0
     bar = tqdm(total=len(paths), unit="image", disable=len(paths) < 2, file=sys.stderr)
-    for path, name in zip(paths, output_names(paths)):
-        stem = out / name
-        try:
-            image = read_image(path)
-            result = seg(image)
-            write_outputs(image, result, stem, path)
-        except InputError as err:
-            reason = str(err).removeprefix(f"{path}: ")
-            tqdm.write(f"{path}: skipped: {reason}", file=sys.stderr)
-            skipped += 1
-        except MemoryError:
-            tqdm.write(f"{path}: skipped: not enough memory for this image; downscale it", file=sys.stderr)
-            skipped += 1
-        else:
-            tqdm.write(f"{path}: {one_line(result)} -> {stem}.{{overlay.jpg,labels.png,json}}")
-        bar.update(1)
+    try:
+        for path, name in zip(paths, output_names(paths)):
+            stem = out / name
+            try:
+                image = read_image(path)
+                result = seg(image)
+                write_outputs(image, result, stem, path)
+            except InputError as err:
+                reason = str(err).removeprefix(f"{path}: ")
+                tqdm.write(f"{path}: skipped: {reason}", file=sys.stderr)
+                skipped += 1
+            except MemoryError:
+                tqdm.write(f"{path}: skipped: not enough memory for this image; downscale it", file=sys.stderr)
+                skipped += 1
+            else:
+                written += 1
+                tqdm.write(f"{path}: {one_line(result)} -> {stem}.{{overlay.jpg,labels.png,json}}")
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        also = f" ({skipped} skipped)" if skipped else ""
+        print(f"Interrupted: {written} of {len(paths)} images written to {out}/{also}; "
+              f"the other {len(paths) - written - skipped} were not segmented", file=sys.stderr)
+        raise
     bar.close()
     return skipped
 
@@ -235,18 +249,23 @@ def segment_video(seg: Segmenter, path: str, out: Path) -> int:
         return 1
     shares = np.zeros(len(seg.vocabulary))
     count = 0
-    with tqdm(total=frames, unit="frame", file=sys.stderr, desc=Path(path).name) as bar:
-        while ok:
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            result = seg(rgb)
-            overlay, _ = draw_overlay(rgb, result.label_map, result.names, result.present, result.pixel_share)
-            writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-            shares += result.pixel_share
-            count += 1
-            bar.update(1)
-            ok, frame = capture.read()
-    writer.release()
-    capture.release()
+    try:
+        with tqdm(total=frames, unit="frame", file=sys.stderr, desc=Path(path).name) as bar:
+            while ok:
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                result = seg(rgb)
+                overlay, _ = draw_overlay(rgb, result.label_map, result.names, result.present, result.pixel_share)
+                writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                shares += result.pixel_share
+                count += 1
+                bar.update(1)
+                ok, frame = capture.read()
+    except KeyboardInterrupt:
+        print(f"Interrupted: {target} holds the first {count} frames of {path}", file=sys.stderr)
+        raise
+    finally:  # a video writer that is released is a playable file, also when interrupted
+        writer.release()
+        capture.release()
     names = [prompt_name(n) for n in seg.vocabulary]
     order = np.argsort(-shares)[:5]
     found = ", ".join(f"{names[i]} {shares[i] / count:.0%}" for i in order if shares[i] > 0)
@@ -275,11 +294,17 @@ def main(argv=None) -> int:
     except OutputFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_OUTPUT
+    except KeyboardInterrupt:
+        print("Interrupted before anything was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.output is None:
         print(f"Writing the results to {out}/ (choose another folder with --output)", file=sys.stderr)
-    skipped = segment_images(seg, paths, out) if paths else 0
-    if args.video_input:
-        skipped += segment_video(seg, args.video_input, out)
+    try:
+        skipped = segment_images(seg, paths, out) if paths else 0
+        if args.video_input:
+            skipped += segment_video(seg, args.video_input, out)
+    except KeyboardInterrupt:  # segment_images and segment_video have said what was written
+        return EXIT_INTERRUPTED
     if skipped:
         print(f"{skipped} input(s) skipped (see above); the others were written to {out}/", file=sys.stderr)
     return 1 if skipped else 0
