@@ -152,6 +152,8 @@ def test_a_video_is_written_back_and_an_untrained_model_is_said_once(tmp_path):
         (["--vocab", " , "], 2, "is empty"),
         (["--vocab", "cat,,dog"], 2, "has an empty name"),
         (["--vocab", "cat, cat"], 2, "repeats 'cat'"),
+        (["--vocab", "cat|kitty, Cat"], 2, "--vocab: the vocabulary names a class twice: 'Cat' (entry 2) and "
+                                          "'cat|kitty' (entry 1) both name 'Cat' (as 'cat', case ignored)"),
         (["--vocab-file", "no/such/list.txt"], 2, "no such file, and not a benchmark name"),
         (["--vocab", "  cat ,   dog "], 0, ["cat", "dog"]),
         (["--vocab", "猫,собака|пёс,café"], 0, ["猫", "собака, пёс", "café"]),
