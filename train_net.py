@@ -18,7 +18,7 @@ from detectron2.engine import default_argument_parser, launch
 
 from lmseg.checkpoint import MissingWeightsError, check_weights_file, load_weights
 from lmseg.config import get_lmseg_cfg
-from lmseg.engine import Trainer, setup
+from lmseg.engine import Trainer, check_datasets, setup
 
 UNTRAINED = "UNTRAINED MODEL (--allow-untrained, no MODEL.WEIGHTS): these results are of random weights"
 
@@ -54,6 +54,7 @@ def _usage_error(message: str) -> int:
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_datasets(cfg)  # as training does: a test set that cannot be used stops the run before the model is built
         model = Trainer.build_model(cfg)
         untrained = not has_weights(cfg, args)
         if untrained:
