@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import default_argument_parser
 
+import train_net
 from lmseg.data import (
     BENCHMARK_VOCABULARIES,
     benchmarks,
@@ -16,6 +18,8 @@ from lmseg.data import (
     register_all_benchmarks,
     register_folder_dataset,
 )
+from lmseg.engine import Trainer
+from tests.helpers.model_helpers import TINY_CONFIG, tiny_cfg
 from tests.helpers.synthetic_datasets import write_benchmark, write_folder_dataset, write_image, write_label
 
 BENCHMARKS = {b.name: b for b in benchmarks()}
@@ -250,11 +254,6 @@ def test_folder_mixing_8_and_16_bit_labels_names_the_odd_files(tmp_path):
 
 
 def test_a_folder_of_mixed_bit_depths_stops_training_before_the_model_is_built(tmp_path, monkeypatch):
-    from detectron2.engine import default_argument_parser
-
-    from lmseg.engine import Trainer
-    from tests.helpers.model_helpers import TINY_CONFIG, tiny_cfg
-
     write_folder_dataset(str(tmp_path), ["a", "b"], [np.zeros((2, 2), np.uint16), np.zeros((2, 2), np.uint8),
                                                      np.zeros((2, 2), np.uint8)])
 
@@ -266,8 +265,6 @@ def test_a_folder_of_mixed_bit_depths_stops_training_before_the_model_is_built(t
     with pytest.raises(ValueError, match="2 files are 8-bit and 1 is 16-bit"):
         Trainer(cfg)
     # an evaluation too, with the folder as its test set
-    import train_net
-
     args = default_argument_parser().parse_args(
         ["--config-file", TINY_CONFIG, "--eval-only", "DATASETS.TRAIN", "()",
          "DATASETS.TEST", f'("{_folder_name(tmp_path)}",)', "OUTPUT_DIR", str(tmp_path / "eval")])

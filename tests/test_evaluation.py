@@ -9,7 +9,9 @@ import torch
 
 from lmseg.data import register_all_benchmarks
 from lmseg.data.datasets.benchmarks import benchmarks
+from lmseg.engine import Trainer
 from lmseg.evaluation import LMSegSemSegEvaluator
+from tests.helpers.model_helpers import tiny_cfg
 from tests.helpers.synthetic_datasets import write_benchmark, write_folder_dataset
 
 BENCHMARKS = {b.name: b for b in benchmarks()}
@@ -119,9 +121,6 @@ def test_bad_labels_and_predictions_are_reported(root):
 
 
 def test_each_test_set_writes_to_a_short_folder_of_its_own(tmp_path):
-    from lmseg.engine import Trainer
-    from tests.helpers.model_helpers import tiny_cfg
-
     label = np.array([[0, 1]], np.uint8)
     names, images = [], []
     for parent in ("a", "b"):  # two folders of the same name, a/val and b/val
