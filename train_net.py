@@ -60,10 +60,9 @@ def main(args):
         if untrained:
             logging.getLogger("lmseg").warning(UNTRAINED)
         load_weights(model, cfg.MODEL.WEIGHTS, save_dir=cfg.OUTPUT_DIR, resume=args.resume)
-        results = Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model, tag=" [untrained]" if untrained else "")
         if untrained:
             logging.getLogger("lmseg").warning(UNTRAINED)
-            results = {f"{name} [untrained]": value for name, value in results.items()}
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

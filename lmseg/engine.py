@@ -246,10 +246,12 @@ class Trainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None):
+    def test(cls, cfg, model, evaluators=None, *, tag: str = ""):
         """Evaluate on every DATASETS.TEST, each with its own vocabulary.
 
-        The model's vocabulary is restored afterwards, also when evaluation fails.
+        The model's vocabulary is restored afterwards, also when evaluation fails. ``tag`` (e.g.
+        " [untrained]") is appended to each dataset's name in the log and to each task's key in the
+        results (``sem_seg [untrained]``), so that no row of them reads as an ordinary result.
         """
         names = list(cfg.DATASETS.TEST)
         if not names:
@@ -272,8 +274,9 @@ class Trainer(DefaultTrainer):
                 stack.enter_context(lmseg.using_vocabulary(meta.stuff_classes, meta.get("descriptions", None)))
                 if dtype is not None:
                     stack.enter_context(torch.autocast(lmseg.device.type, dtype=dtype))
-                results[name] = inference_on_dataset(runner, loader, evaluator)
+                res = inference_on_dataset(runner, loader, evaluator)
+            results[name] = {f"{task}{tag}": metrics for task, metrics in res.items()}
             if comm.is_main_process():
-                logger.info("Evaluation results for %s in csv format:", name)
+                logger.info("Evaluation results for %s%s in csv format:", name, tag)
                 print_csv_format(results[name])
         return results[names[0]] if len(results) == 1 else results
