@@ -18,7 +18,7 @@ from detectron2.engine import default_argument_parser, launch
 
 from lmseg.checkpoint import MissingWeightsError, check_weights_file, load_weights
 from lmseg.config import get_lmseg_cfg
-from lmseg.engine import Trainer, setup
+from lmseg.engine import Trainer, check_datasets, setup
 
 UNTRAINED = "UNTRAINED MODEL (--allow-untrained, no MODEL.WEIGHTS): these results are of random weights"
 
@@ -54,15 +54,15 @@ def _usage_error(message: str) -> int:
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_datasets(cfg)  # as training does: a test set that cannot be used stops the run before the model is built
         model = Trainer.build_model(cfg)
         untrained = not has_weights(cfg, args)
         if untrained:
             logging.getLogger("lmseg").warning(UNTRAINED)
         load_weights(model, cfg.MODEL.WEIGHTS, save_dir=cfg.OUTPUT_DIR, resume=args.resume)
-        results = Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model, tag=" [untrained]" if untrained else "")
         if untrained:
             logging.getLogger("lmseg").warning(UNTRAINED)
-            results = {f"{name} [untrained]": value for name, value in results.items()}
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

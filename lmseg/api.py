@@ -71,7 +71,8 @@ def parse_vocabulary(vocabulary: Union[str, Sequence[str]]) -> List[str]:
     In a string, names are stripped of surrounding spaces. In both, "|" separates synonyms of one
     class ("sofa|couch" becomes "sofa, couch"). Names of a list are otherwise kept as given (the
     benchmark vocabularies' synonyms and spacing are data). Raises :class:`InputError` for an empty
-    vocabulary, an empty name or a repeated one.
+    vocabulary, an empty name, or a name given to two classes, also in another case or as a synonym
+    (:func:`lmseg.modeling.class_text.validate_vocabulary`).
     """
     if isinstance(vocabulary, str):
         text = vocabulary

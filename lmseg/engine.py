@@ -16,7 +16,7 @@ import time
 import weakref
 from collections import OrderedDict
 from contextlib import ExitStack, nullcontext
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import LMSegCheckpointer
 from .config import get_lmseg_cfg, use_cpu_without_cuda
-from .data import SemanticSegmentationDatasetMapper, ensure_datasets_registered
+from .data import FOLDER_PREFIX, SemanticSegmentationDatasetMapper, ensure_datasets_registered, is_folder_dataset
 from .evaluation import LMSegSemSegEvaluator
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import SemSegTTA
@@ -78,6 +78,29 @@ def check_datasets(cfg) -> None:
                 f"DATASETS.TEST has {name!r}, which cannot be used: {err}\nPrepare it (datasets/README.md), "
                 "name other test sets, or evaluate nothing with DATASETS.TEST '()'."
             ) from None
+
+
+def output_folder_names(dataset_names: Sequence[str]) -> Dict[str, str]:
+    """The folder under ``OUTPUT_DIR/inference`` of each dataset evaluated in one run.
+
+    A benchmark keeps its registered name. A ``sem_seg_folder:<path>`` dataset is named after the
+    last component of its path (``sem_seg_folder:/data/cats/val`` -> ``val``), not after the whole
+    name, which holds a colon and the path's every folder. Names that repeat in one run get a
+    suffix in the order the datasets are listed: ``a/val`` and ``b/val`` -> ``val`` and ``val-2``.
+    """
+    folders: Dict[str, str] = {}
+    for name in dict.fromkeys(dataset_names):
+        if is_folder_dataset(name):
+            path = os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX):]))
+            base = os.path.basename(path) or "folder"  # the root folder has no last component
+        else:
+            base = name
+        folder, n = base, 1
+        while folder in folders.values():
+            n += 1
+            folder = f"{base}-{n}"
+        folders[name] = folder
+    return folders
 
 
 def amp_dtype(precision: str, device: torch.device, key: str) -> Optional[torch.dtype]:
@@ -209,7 +232,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if not output_folder:
+            folders = output_folder_names([*cfg.DATASETS.TEST, dataset_name])
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", folders[dataset_name])
         return LMSegSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
     @classmethod
@@ -221,10 +246,12 @@ class Trainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None):
+    def test(cls, cfg, model, evaluators=None, *, tag: str = ""):
         """Evaluate on every DATASETS.TEST, each with its own vocabulary.
 
-        The model's vocabulary is restored afterwards, also when evaluation fails.
+        The model's vocabulary is restored afterwards, also when evaluation fails. ``tag`` (e.g.
+        " [untrained]") is appended to each dataset's name in the log and to each task's key in the
+        results (``sem_seg [untrained]``), so that no row of them reads as an ordinary result.
         """
         names = list(cfg.DATASETS.TEST)
         if not names:
@@ -247,8 +274,9 @@ class Trainer(DefaultTrainer):
                 stack.enter_context(lmseg.using_vocabulary(meta.stuff_classes, meta.get("descriptions", None)))
                 if dtype is not None:
                     stack.enter_context(torch.autocast(lmseg.device.type, dtype=dtype))
-                results[name] = inference_on_dataset(runner, loader, evaluator)
+                res = inference_on_dataset(runner, loader, evaluator)
+            results[name] = {f"{task}{tag}": metrics for task, metrics in res.items()}
             if comm.is_main_process():
-                logger.info("Evaluation results for %s in csv format:", name)
+                logger.info("Evaluation results for %s%s in csv format:", name, tag)
                 print_csv_format(results[name])
         return results[names[0]] if len(results) == 1 else results

@@ -88,6 +88,41 @@ def test_vocabulary_parsing_and_refusals():
             parse_vocabulary(bad)
 
 
+@pytest.mark.parametrize("vocabulary, message", [
+    ("cat, Cat", "'Cat' (entry 2) and 'cat' (entry 1) are the same name once case is ignored; "
+                 "merge them as 'cat|Cat' or drop one"),
+    (["cat", " cat "], "' cat ' (entry 2) and 'cat' (entry 1) are the same name once surrounding spaces "
+                       "are ignored; drop one"),
+    ("cat|kitty, kitty", "'kitty' (entry 2) and 'cat|kitty' (entry 1) both name 'kitty'; merge them as "
+                         "'cat|kitty', or drop 'kitty' from one"),
+    ("dog, cat|kitty, Kitty|tabby", "'Kitty|tabby' (entry 3) and 'cat|kitty' (entry 2) both name 'Kitty' "
+                                    "(as 'kitty', case ignored); merge them as 'cat|kitty|Kitty|tabby', or "
+                                    "drop 'Kitty' from one"),
+])
+def test_entries_that_share_a_name_are_refused_naming_both(vocabulary, message):
+    with pytest.raises(InputError) as err:
+        parse_vocabulary(vocabulary)
+    assert str(err.value) == f"the vocabulary names a class twice: {message}"
+
+
+def test_every_clash_is_listed_up_to_five():
+    with pytest.raises(InputError) as err:
+        parse_vocabulary("cat|kitty, cat, Cat, " + ", ".join(f"x{i}, X{i}" for i in range(5)))
+    listed = str(err.value)
+    assert "'cat' (entry 2) and 'cat|kitty' (entry 1) both name 'cat'" in listed
+    assert "'Cat' (entry 3) and 'cat|kitty' (entry 1) both name 'Cat' (as 'cat', case ignored)" in listed
+    assert listed.endswith("; and 2 more") and listed.count("(entry") == 10
+
+
+def test_a_benchmark_list_is_accepted_as_published():
+    from lmseg.data import load_vocabulary
+
+    ade847 = load_vocabulary("ade847")  # shares names between entries: "bag" three times
+    assert parse_vocabulary(ade847) == ade847
+    with pytest.raises(InputError, match=r"'screen door\|screen' \(entry 58\) and 'blind\|screen' \(entry 52\) both name 'screen'"):
+        parse_vocabulary(ade847[:-1])  # no longer the benchmark's list
+
+
 def test_every_image_kind_gives_the_labels_of_its_rgb_uint8_version(seg, tmp_path):
     seg.set_vocabulary(VOCAB)
     image = _image()

@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import default_argument_parser
 
+import train_net
 from lmseg.data import (
     BENCHMARK_VOCABULARIES,
     benchmarks,
@@ -16,6 +18,8 @@ from lmseg.data import (
     register_all_benchmarks,
     register_folder_dataset,
 )
+from lmseg.engine import Trainer
+from tests.helpers.model_helpers import TINY_CONFIG, tiny_cfg
 from tests.helpers.synthetic_datasets import write_benchmark, write_folder_dataset, write_image, write_label
 
 BENCHMARKS = {b.name: b for b in benchmarks()}
@@ -223,11 +227,49 @@ def test_folder_rgb_label_and_size_mismatch_are_reported(tmp_path):
     assert str(tmp_path / "labels" / "sample_002.png") + " is 2x3" in message
 
 
-def test_folder_mixing_8_and_16_bit_labels_is_refused(tmp_path):
-    labels = [np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint16)]
-    write_folder_dataset(str(tmp_path), ["a", "b"], labels)
-    message = _problem(tmp_path)
-    assert str(tmp_path / "labels" / "sample_001.png") + " is 16-bit" in message
+def _mixed_folder(path, depths: str) -> str:
+    """A folder dataset whose labels sample_000, sample_001, ... have the bit depths of depths
+    ("8" or "F" for 16 each); returns the registration's error message."""
+    labels = [np.zeros((2, 2), np.uint16 if d == "F" else np.uint8) for d in depths]
+    write_folder_dataset(str(path), ["a", "b"], labels)
+    with pytest.raises(ValueError) as error:
+        _register(path)  # refused at registration, before anything lists the dataset or builds a model
+    return str(error.value)
+
+
+def test_folder_mixing_8_and_16_bit_labels_names_the_odd_files(tmp_path):
+    # the first label (alphabetically) is the odd one: the 8-bit majority decides
+    message = _mixed_folder(tmp_path / "one", "F888")
+    assert f"mixes label bit depths in {tmp_path / 'one' / 'labels'}: 3 files are 8-bit and 1 is 16-bit" in message
+    assert "(the 16-bit ones: sample_000.png)" in message and "sample_001" not in message
+    assert "store every label with one bit depth" in message
+    # up to five of the fewer are named, the rest counted
+    message = _mixed_folder(tmp_path / "many", "FFFFFF88888888")
+    assert "8 files are 8-bit and 6 are 16-bit (the 16-bit ones: sample_000.png, sample_001.png, " \
+           "sample_002.png, sample_003.png, sample_004.png and 1 more)" in message
+    assert "sample_006" not in message
+    # a tie names both
+    message = _mixed_folder(tmp_path / "tie", "8F")
+    assert "(the 8-bit ones: sample_000.png; the 16-bit ones: sample_001.png)" in message
+
+
+def test_a_folder_of_mixed_bit_depths_stops_training_before_the_model_is_built(tmp_path, monkeypatch):
+    write_folder_dataset(str(tmp_path), ["a", "b"], [np.zeros((2, 2), np.uint16), np.zeros((2, 2), np.uint8),
+                                                     np.zeros((2, 2), np.uint8)])
+
+    def no_build(cfg):
+        raise AssertionError("the model was built before the dataset was checked")
+
+    monkeypatch.setattr(Trainer, "build_model", classmethod(lambda cls, cfg: no_build(cfg)))
+    cfg = tiny_cfg("DATASETS.TRAIN", f'("{_folder_name(tmp_path)}",)', "OUTPUT_DIR", str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="2 files are 8-bit and 1 is 16-bit"):
+        Trainer(cfg)
+    # an evaluation too, with the folder as its test set
+    args = default_argument_parser().parse_args(
+        ["--config-file", TINY_CONFIG, "--eval-only", "DATASETS.TRAIN", "()",
+         "DATASETS.TEST", f'("{_folder_name(tmp_path)}",)', "OUTPUT_DIR", str(tmp_path / "eval")])
+    with pytest.raises(ValueError, match="2 files are 8-bit and 1 is 16-bit"):
+        train_net.main(args)
 
 
 @pytest.mark.parametrize(

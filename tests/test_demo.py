@@ -152,6 +152,8 @@ def test_a_video_is_written_back_and_an_untrained_model_is_said_once(tmp_path):
         (["--vocab", " , "], 2, "is empty"),
         (["--vocab", "cat,,dog"], 2, "has an empty name"),
         (["--vocab", "cat, cat"], 2, "repeats 'cat'"),
+        (["--vocab", "cat|kitty, Cat"], 2, "--vocab: the vocabulary names a class twice: 'Cat' (entry 2) and "
+                                          "'cat|kitty' (entry 1) both name 'Cat' (as 'cat', case ignored)"),
         (["--vocab-file", "no/such/list.txt"], 2, "no such file, and not a benchmark name"),
         (["--vocab", "  cat ,   dog "], 0, ["cat", "dog"]),
         (["--vocab", "猫,собака|пёс,café"], 0, ["猫", "собака, пёс", "café"]),
@@ -222,6 +224,76 @@ def test_bad_arguments_and_inputs_stop_with_a_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         demo.main(["--vocab", "cat"])  # nothing to segment: argparse's usage message
     assert "give images with --input or a video with --video-input" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_stops_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    def no_build(*args):
+        raise AssertionError("the model was built before --output was checked")
+
+    monkeypatch.setattr(demo, "build_segmenter", no_build)
+    image = _save(tmp_path / "img.png", Image.fromarray(_photo(8, 8)))
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    cases = [
+        (taken, f"--output {taken} is a file, not a folder"),
+        (taken / "sub" / "out", f"--output {taken / 'sub' / 'out'} cannot be created: {taken} is a file, not a folder"),
+    ]
+    for out, message in cases:
+        assert demo.main(["--input", str(image), "--vocab", "cat", "--output", str(out)]) == 3
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    # a folder that may not be written: permissions do not bind root, who runs the tests, so the
+    # operating system's answer for tmp_path is replaced by a refusal
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else access(path, mode))
+    assert demo.main(["--input", str(image), "--vocab", "cat", "--output", str(tmp_path / "new" / "out")]) == 3
+    assert f"cannot be written: {tmp_path} is not writable" in capsys.readouterr().err
+
+
+def test_an_output_folder_inside_the_inputs_is_not_segmented_again(tmp_path, capsys, weights):
+    photos = tmp_path / "photos"
+    _save(photos / "x.png", Image.fromarray(_photo(16, 16)))
+    _save(photos / "sub" / "y.png", Image.fromarray(_photo(16, 16, seed=1)))
+    out = photos / "out"
+    written = ["sub/y.png.json", "sub/y.png.labels.png", "sub/y.png.overlay.jpg",
+               "x.png.json", "x.png.labels.png", "x.png.overlay.jpg"]
+    args = ["--config-file", TINY_CONFIG, "--weights", weights, "--vocab", "sky,grass", "--output", str(out)]
+    for _ in range(2):  # the second run finds the first one's results under photos/
+        assert demo.main([*args, "--input", str(photos)]) == 0
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == written
+        assert capsys.readouterr().out.count(" -> ") == 2  # x.png and sub/y.png, nothing under out/
+    # a glob leaves them out too
+    assert demo.image_paths([str(photos / "**" / "*.png")], out) == [str(photos / "sub" / "y.png"), str(photos / "x.png")]
+    # an input inside the output folder is searched as named
+    inside = [str(out / name) for name in written if not name.endswith(".json")]
+    assert sorted(demo.image_paths([str(out)], out)) == inside
+
+
+def test_ctrl_c_in_a_folder_keeps_what_was_written_and_says_so(tmp_path, capsys, monkeypatch, weights):
+    photos = tmp_path / "photos"
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        _save(photos / name, Image.fromarray(_photo(16, 16, seed=i)))
+    segment = Segmenter.__call__
+    calls = []
+
+    def interrupted_on_the_second_image(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return segment(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "__call__", interrupted_on_the_second_image)
+    out = tmp_path / "out"
+    try:
+        code = demo.main(["--config-file", TINY_CONFIG, "--weights", weights, "--input", str(photos),
+                          "--vocab", "sky,grass", "--output", str(out)])
+    except KeyboardInterrupt:  # let through, it would stop the test session rather than fail the test
+        pytest.fail("the KeyboardInterrupt went through the demo's main")
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert f"Interrupted: 1 of 3 images written to {out}/; the other 2 were not segmented" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png.json", "a.png.labels.png", "a.png.overlay.jpg"]
+    _check_outputs(out / "a.png", (16, 16), ["sky", "grass"])
 
 
 def test_outputs_keep_relative_paths_and_full_names():

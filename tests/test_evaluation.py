@@ -1,6 +1,7 @@
 """LMSegSemSegEvaluator on hand-made predictions and labels, with exact metric values: VOC-20b's
 background mapping, 16-bit TIFF labels (65535 ignored), PC-459's ignore value 459, folders."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,9 @@ import torch
 
 from lmseg.data import register_all_benchmarks
 from lmseg.data.datasets.benchmarks import benchmarks
+from lmseg.engine import Trainer
 from lmseg.evaluation import LMSegSemSegEvaluator
+from tests.helpers.model_helpers import tiny_cfg
 from tests.helpers.synthetic_datasets import write_benchmark, write_folder_dataset
 
 BENCHMARKS = {b.name: b for b in benchmarks()}
@@ -115,3 +118,20 @@ def test_bad_labels_and_predictions_are_reported(root):
         evaluator.process(inputs, [{"sem_seg": _scores(np.zeros((1, 3), int), 150)}])
     with pytest.raises(ValueError, match="scores 20 classes"):
         evaluator.process(inputs, [{"sem_seg": _scores(np.zeros((1, 2), int), 20)}])
+
+
+def test_each_test_set_writes_to_a_short_folder_of_its_own(tmp_path):
+    label = np.array([[0, 1]], np.uint8)
+    names, images = [], []
+    for parent in ("a", "b"):  # two folders of the same name, a/val and b/val
+        pairs = write_folder_dataset(str(tmp_path / parent / "val"), ["cat", "dog"], [label])
+        names.append(f"sem_seg_folder:{tmp_path / parent / 'val'}")
+        images.append(pairs[0][0])
+    cfg = tiny_cfg("OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TEST", str(tuple(names)))
+    for name, image, folder in zip(names, images, ("val", "val-2")):
+        evaluator = Trainer.build_evaluator(cfg, name)
+        evaluator.reset()
+        evaluator.process([{"file_name": image}], [{"sem_seg": _scores(label, 2)}])
+        evaluator.evaluate()
+        assert (tmp_path / "out" / "inference" / folder / "sem_seg_evaluation.pth").is_file()
+    assert sorted(os.listdir(tmp_path / "out" / "inference")) == ["val", "val-2"]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 
+from lmseg.data import load_vocabulary
 from lmseg.modeling import FUSION_MODES, meta_arch
 from lmseg.modeling.loss import sem_seg_bce_loss
 from lmseg.modeling.meta_arch import EXCLUDED_LOGIT
@@ -250,10 +251,15 @@ def test_bad_vocabularies(bad, message):
     assert model.vocabulary == tuple(VOCAB)
 
 
-def test_synonym_names_and_duplicate_first_synonyms_are_distinct_classes():
-    model = tiny_model(vocabulary=["bag", "bag, handbag", "bag, traveling bag"])
-    out = scores(model, eval_batch())[0]
-    assert out.shape[0] == 3
+def test_entries_sharing_a_name_are_refused_but_a_benchmark_list_is_taken_as_published():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"'bag\|handbag' \(entry 2\) and 'bag' \(entry 1\) both name 'bag'"):
+        model.set_vocabulary(["bag", "bag, handbag", "bag, traveling bag"])
+    assert model.vocabulary == tuple(VOCAB)
+    # ADE-847's list has three entries whose first name is "bag": each is a class of its own
+    ade847 = load_vocabulary("ade847")
+    model.set_vocabulary(ade847)
+    assert scores(model, eval_batch())[0].shape[0] == 847
 
 
 @pytest.mark.parametrize("opts,message", [

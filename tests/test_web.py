@@ -78,6 +78,14 @@ def test_benchmark_menu_fills_the_box_with_every_class():
         assert typed == [", ".join(s.strip() for s in name.split(",")) for name in names], key
 
 
+def test_the_vocabulary_box_refuses_a_name_given_twice(tmp_path):
+    app = _load_app()
+    web = app.WebDemo(None, max_image_pixels=10**6, max_classes=10, workdir=str(tmp_path))
+    with pytest.raises(app.InputError, match=r"'Cat' \(entry 2\) and 'cat' \(entry 1\) are the same name once case is ignored"):
+        web.parse("cat, Cat")
+    assert web.parse("cat|Cat, dog") == ["cat, Cat", "dog"]
+
+
 def test_app_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     app = _load_app()
     monkeypatch.setattr(app, "gr", None)  # what a failed `import gradio` leaves

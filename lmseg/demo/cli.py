@@ -18,7 +18,7 @@ Vocabulary: --vocab (classes separated by ",", synonyms of one class by "|"), or
 class a line, a JSON list of names, or a benchmark name: ade150, ade847, coco, pc59, pc459, voc20);
 neither gives ADE20K's 150 classes (ade150).
 
-Exit status: 0 all done, 1 some inputs were skipped (each is reported), 2 nothing could be done.
+The exit statuses are listed at the end of --help (EPILOG).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import glob
 import os
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -43,9 +43,27 @@ DEFAULT_VOCABULARY = "ade150"
 DEFAULT_OUTPUT = "demo_output"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
+# Exit statuses besides 0 (all done), 1 (some inputs skipped) and 2 (UsageError: nothing can be done).
+EXIT_OUTPUT = 3
+EXIT_INTERRUPTED = 130  # what shells report for a program ended by Ctrl-C (128 + SIGINT)
+EPILOG = f"""\
+exit status:
+  0  every input was segmented and written
+  1  some inputs were skipped (each is reported), the others written
+  2  nothing could be done: no inputs, a bad vocabulary, config or weights
+  {EXIT_OUTPUT}  --output is a file, or a folder that cannot be created or written (checked before the
+     model is built)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C): the results written until then are kept, and it says how many
+"""
+
+
+class OutputFolderError(Exception):
+    """--output names a place where the results cannot be written: exit status EXIT_OUTPUT."""
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lmseg-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="lmseg-demo", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", metavar="FILE", help=f"model config (default: {Path(DEFAULT_CONFIG).name} "
                         "with CAT-Seg's ViT-B weights, downloaded once)")
     parser.add_argument("--weights", metavar="PATH|URL", help="weights (MODEL.WEIGHTS); a URL is downloaded once into the cache")
@@ -94,19 +112,40 @@ def vocabulary(args) -> List[str]:
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def image_paths(inputs: Sequence[str]) -> List[str]:
-    """Files named, images found in folders (recursively) and glob matches, in order, once each."""
+def image_paths(inputs: Sequence[str], output: Optional[Path] = None) -> List[str]:
+    """Files named, images found in folders (recursively) and glob matches, in order, once each.
+
+    Where the output folder lies inside a folder searched (``--input photos --output photos/out``),
+    it and everything under it are left out, so that a second run does not segment the first one's
+    results; an input named inside the output folder is searched as it is.
+    """
+    def inside_output(path: str) -> bool:
+        if output is None:
+            return False
+        real, out = os.path.realpath(path), os.path.realpath(output)
+        return real == out or real.startswith(out.rstrip(os.sep) + os.sep)
+
     paths = []
     for item in inputs:
         if os.path.isdir(item):
+            keep_output = inside_output(item)
             for root, dirs, files in os.walk(item):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if keep_output or not inside_output(os.path.join(root, d)))
                 paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
         elif glob.has_magic(item):
-            paths += sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            keep_output = inside_output(_literal_prefix(item))
+            matches = [p for p in glob.glob(item, recursive=True) if os.path.isfile(p)]
+            paths += sorted(p for p in matches if keep_output or not inside_output(p))
         else:
             paths.append(item)  # reported later if missing or not an image
     return list(dict.fromkeys(os.path.normpath(p) for p in paths))
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The folder a glob pattern searches: its components before the first with a wildcard."""
+    parts = Path(pattern).parts
+    literal = parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))]
+    return os.path.join(*literal) if literal else "."
 
 
 def output_names(paths: Sequence[str]) -> List[str]:
@@ -119,6 +158,31 @@ def output_names(paths: Sequence[str]) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------- outputs
+def check_output_folder(out: Path) -> None:
+    """Raise :class:`OutputFolderError` unless results can be written under ``out``: an existing
+    folder that is writable, or a path whose nearest existing folder is writable (``out`` is
+    created there when the first result is written)."""
+    try:
+        if os.path.lexists(out) and not out.is_dir():
+            raise OutputFolderError(
+                f"--output {out} is a file, not a folder: name a folder for the results (it is created if missing)"
+            )
+        existing = Path(os.path.abspath(out))
+        while not os.path.lexists(existing):
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputFolderError(
+                f"--output {out} cannot be created: {existing} is a file, not a folder; name another folder"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputFolderError(
+                f"--output {out} cannot be written: {existing} is not writable (no permission, or a "
+                "read-only file system); name a folder you can write to"
+            )
+    except OSError as err:  # a folder on the way that cannot even be looked into
+        raise OutputFolderError(f"--output {out} cannot be used: {err}") from None
+
+
 def one_line(result: Segmentation, limit: int = 5) -> str:
     names = result.names
     found = [f"{names[i]} {result.pixel_share[i]:.0%}" for i in result.present[:limit]]
@@ -127,25 +191,37 @@ def one_line(result: Segmentation, limit: int = 5) -> str:
 
 
 def segment_images(seg: Segmenter, paths: List[str], out: Path) -> int:
-    """Segment and write every image; returns how many were skipped (each reported)."""
-    skipped = 0
+    """Segment and write every image; returns how many were skipped (each reported).
+
+    Interrupted (KeyboardInterrupt), it says how many images were written, and where, and raises
+    the KeyboardInterrupt again.
+    """
+    skipped = written = 0
     bar = tqdm(total=len(paths), unit="image", disable=len(paths) < 2, file=sys.stderr)
-    for path, name in zip(paths, output_names(paths)):
-        stem = out / name
-        try:
-            image = read_image(path)
-            result = seg(image)
-            write_outputs(image, result, stem, path)
-        except InputError as err:
-            reason = str(err).removeprefix(f"{path}: ")
-            tqdm.write(f"{path}: skipped: {reason}", file=sys.stderr)
-            skipped += 1
-        except MemoryError:
-            tqdm.write(f"{path}: skipped: not enough memory for this image; downscale it", file=sys.stderr)
-            skipped += 1
-        else:
-            tqdm.write(f"{path}: {one_line(result)} -> {stem}.{{overlay.jpg,labels.png,json}}")
-        bar.update(1)
+    try:
+        for path, name in zip(paths, output_names(paths)):
+            stem = out / name
+            try:
+                image = read_image(path)
+                result = seg(image)
+                write_outputs(image, result, stem, path)
+            except InputError as err:
+                reason = str(err).removeprefix(f"{path}: ")
+                tqdm.write(f"{path}: skipped: {reason}", file=sys.stderr)
+                skipped += 1
+            except MemoryError:
+                tqdm.write(f"{path}: skipped: not enough memory for this image; downscale it", file=sys.stderr)
+                skipped += 1
+            else:
+                written += 1
+                tqdm.write(f"{path}: {one_line(result)} -> {stem}.{{overlay.jpg,labels.png,json}}")
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        also = f" ({skipped} skipped)" if skipped else ""
+        print(f"Interrupted: {written} of {len(paths)} images written to {out}/{also}; "
+              f"the other {len(paths) - written - skipped} were not segmented", file=sys.stderr)
+        raise
     bar.close()
     return skipped
 
@@ -173,18 +249,23 @@ def segment_video(seg: Segmenter, path: str, out: Path) -> int:
         return 1
     shares = np.zeros(len(seg.vocabulary))
     count = 0
-    with tqdm(total=frames, unit="frame", file=sys.stderr, desc=Path(path).name) as bar:
-        while ok:
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            result = seg(rgb)
-            overlay, _ = draw_overlay(rgb, result.label_map, result.names, result.present, result.pixel_share)
-            writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-            shares += result.pixel_share
-            count += 1
-            bar.update(1)
-            ok, frame = capture.read()
-    writer.release()
-    capture.release()
+    try:
+        with tqdm(total=frames, unit="frame", file=sys.stderr, desc=Path(path).name) as bar:
+            while ok:
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                result = seg(rgb)
+                overlay, _ = draw_overlay(rgb, result.label_map, result.names, result.present, result.pixel_share)
+                writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                shares += result.pixel_share
+                count += 1
+                bar.update(1)
+                ok, frame = capture.read()
+    except KeyboardInterrupt:
+        print(f"Interrupted: {target} holds the first {count} frames of {path}", file=sys.stderr)
+        raise
+    finally:  # a video writer that is released is a playable file, also when interrupted
+        writer.release()
+        capture.release()
     names = [prompt_name(n) for n in seg.vocabulary]
     order = np.argsort(-shares)[:5]
     found = ", ".join(f"{names[i]} {shares[i] / count:.0%}" for i in order if shares[i] > 0)
@@ -195,11 +276,13 @@ def segment_video(seg: Segmenter, path: str, out: Path) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging()
+    out = Path(args.output or DEFAULT_OUTPUT)
     try:
         names = vocabulary(args)
-        paths = image_paths(args.input)
+        paths = image_paths(args.input, out)
         if args.input and not paths:
             raise UsageError(f"no images found in {' '.join(args.input)}")
+        check_output_folder(out)
         seg = build_segmenter(args.config_file, args.weights, args.opts)
         try:
             seg.set_vocabulary(names)
@@ -208,12 +291,20 @@ def main(argv=None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.output or DEFAULT_OUTPUT)
+    except OutputFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_OUTPUT
+    except KeyboardInterrupt:
+        print("Interrupted before anything was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.output is None:
         print(f"Writing the results to {out}/ (choose another folder with --output)", file=sys.stderr)
-    skipped = segment_images(seg, paths, out) if paths else 0
-    if args.video_input:
-        skipped += segment_video(seg, args.video_input, out)
+    try:
+        skipped = segment_images(seg, paths, out) if paths else 0
+        if args.video_input:
+            skipped += segment_video(seg, args.video_input, out)
+    except KeyboardInterrupt:  # segment_images and segment_video have said what was written
+        return EXIT_INTERRUPTED
     if skipped:
         print(f"{skipped} input(s) skipped (see above); the others were written to {out}/", file=sys.stderr)
     return 1 if skipped else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -15,8 +15,15 @@ from .prompts import DescriptionsArg, PromptBuilder
 def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
     """Check a vocabulary and return it as a list; raises ValueError saying what is wrong.
 
-    A name is one class and may list synonyms separated by ", "; duplicates are judged on the whole
-    string, as written.
+    Every path that takes a vocabulary checks it here: ``LMSeg.set_vocabulary`` (evaluation and
+    training included), ``lmseg.Segmenter``, the demo and the web page. An entry is one class and
+    may list synonyms separated by ", ". Refused: an empty vocabulary or name, an entry repeated as
+    written, and two entries that share a name once case and surrounding whitespace are ignored
+    (``cat`` and ``Cat``; ``cat, kitty`` and ``kitty``): two classes of one name cannot be told
+    apart (where the name is the first of both, their prompts are the same and the later entry wins
+    no pixel). A shipped benchmark's list is accepted as it is, although ADE-847's shares names
+    between entries ("bag" three times), since its scores compare with the published ones only
+    unchanged.
     """
     if isinstance(class_names, str):
         raise TypeError("the vocabulary must be a list of class names, not one string; split it first")
@@ -29,7 +36,63 @@ def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
     dupes = [n for n, c in Counter(names).items() if c > 1]
     if dupes:
         raise ValueError(f"the vocabulary repeats {', '.join(repr(n) for n in dupes[:10])}: each name must be unique")
+    clashes = _name_clashes(names)
+    if clashes and not _is_benchmark_vocabulary(names):
+        listed = "; ".join(clashes[:_MAX_CLASHES])
+        more = f"; and {len(clashes) - _MAX_CLASHES} more" if len(clashes) > _MAX_CLASHES else ""
+        raise ValueError(f"the vocabulary names a class twice: {listed}{more}")
     return names
+
+
+# Name clashes listed in one error message; the rest are counted.
+_MAX_CLASHES = 5
+
+
+def _synonyms(entry: str) -> List[str]:
+    return [s.strip() for s in entry.split(",") if s.strip()]
+
+
+def _name_clashes(names: Sequence[str]) -> List[str]:
+    """One sentence per entry that shares a name (case and surrounding whitespace ignored) with an
+    earlier entry, naming both entries (numbered from 1) and how to resolve it."""
+    owner: Dict[str, int] = {}  # a name, case-folded -> the index of the first entry naming it
+    clashes = []
+    for j, entry in enumerate(names):
+        clash = None
+        for name in _synonyms(entry):
+            i = owner.setdefault(name.casefold(), j)
+            if i != j and clash is None:
+                clash = i, name
+        if clash is None:
+            continue
+        i, name = clash
+        earlier = next(s for s in _synonyms(names[i]) if s.casefold() == name.casefold())
+        merged = "|".join(dict.fromkeys(_synonyms(names[i]) + _synonyms(entry)))
+        if len(_synonyms(names[i])) == len(_synonyms(entry)) == 1:
+            fix = f"merge them as {merged!r} or drop one" if earlier != name else "drop one"
+            how = "case is ignored" if earlier != name else "surrounding spaces are ignored"
+            clashes.append(
+                f"{entry!r} (entry {j + 1}) and {names[i]!r} (entry {i + 1}) are the same name once {how}; {fix}"
+            )
+        else:  # entries shown with "|" between synonyms, as the demos and lmseg.Segmenter take them
+            spelt = "" if earlier == name else f" (as {earlier!r}, case ignored)"
+            later, first = "|".join(_synonyms(entry)), "|".join(_synonyms(names[i]))
+            clashes.append(
+                f"{later!r} (entry {j + 1}) and {first!r} (entry {i + 1}) both name {name!r}{spelt}; "
+                f"merge them as {merged!r}, or drop {name!r} from one"
+            )
+    return clashes
+
+
+def _is_benchmark_vocabulary(names: Sequence[str]) -> bool:
+    """Whether the names are a shipped benchmark's class list (synonyms compared stripped)."""
+    from ..data.vocabularies import BENCHMARK_VOCABULARIES, load_vocabulary
+
+    cleaned = [_synonyms(n) for n in names]
+    return any(
+        len(names) == size and cleaned == [_synonyms(n) for n in load_vocabulary(short)]
+        for short, size in BENCHMARK_VOCABULARIES.items()
+    )
 
 
 class Vocabulary:

@@ -7,11 +7,13 @@ Layout::
     <path>/images/<stem>.jpg   (or .jpeg, .png, .bmp, .tif, .tiff)
     <path>/labels/<stem>.png   8-bit (255 = ignored) or 16-bit (65535 = ignored) class indices
 
-Registration reads classes.json and the header of one label (its bit depth sets the dataset's
-ignore value). Listing the dataset (``DatasetCatalog.get``) checks every image and label once
-per process and reports all problems together, each with its file name: missing labels,
-unreadable files, size mismatches, values out of range and labels whose bit depth differs from the
-others (a folder must not mix 8- and 16-bit labels, whose ignore values differ).
+Registration reads classes.json and the header of every label: their bit depth sets the dataset's
+ignore value, and a folder whose labels mix 8- and 16-bit files (whose ignore values differ) is
+refused there, before any model is built, with the number of files of each depth and the names of
+the fewer. Listing the dataset (``DatasetCatalog.get``) checks every image and label once per
+process and reports all problems together, each with its file name: missing labels, unreadable
+files, size mismatches, values out of range, and labels whose bit depth has changed since the
+folder was registered.
 """
 import copy
 import os
@@ -69,15 +71,7 @@ def register_folder_dataset(name: str) -> None:
     classes_file = os.path.abspath(os.path.join(path, "classes.json"))
     classes = read_class_list(classes_file)
 
-    label_names = sorted(n for n in os.listdir(label_dir) if n.lower().endswith(".png"))
-    if not label_names:
-        raise FileNotFoundError(f"Folder dataset '{name}': no .png labels in {label_dir}.")
-    first_label = os.path.join(label_dir, label_names[0])
-    try:
-        with Image.open(first_label) as label:
-            bit_depth = label_bit_depth(label.mode)
-    except Exception as e:
-        raise ValueError(f"Unreadable label {first_label}: {e}") from None
+    bit_depth = _folder_bit_depth(name, label_dir)
     ignore_label = IGNORE_8BIT if bit_depth == 8 else IGNORE_16BIT
     if len(classes) > ignore_label:
         raise ValueError(
@@ -103,6 +97,51 @@ def register_folder_dataset(name: str) -> None:
         eval_classes=list(classes),
         eval_class_map=list(range(len(classes))),
     )
+
+
+def _folder_bit_depth(name: str, label_dir: str) -> int:
+    """The bit depth (8 or 16) of a folder's labels, from every label's header.
+
+    Raises ValueError when the labels disagree, with the number of files of each depth and up to
+    five names of the fewer (of both, on a tie), so that the odd files are the ones named. Labels
+    whose header cannot be read do not count; listing the dataset reports them.
+    """
+    label_names = sorted(n for n in os.listdir(label_dir) if n.lower().endswith(".png"))
+    if not label_names:
+        raise FileNotFoundError(f"Folder dataset '{name}': no .png labels in {label_dir}.")
+
+    def depth(file: str) -> Optional[int]:
+        try:
+            with Image.open(os.path.join(label_dir, file)) as label:
+                return label_bit_depth(label.mode)
+        except Exception:
+            return None
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        depths = list(pool.map(depth, label_names))
+    by_depth = {d: [f for f, fd in zip(label_names, depths) if fd == d] for d in (8, 16)}
+    counts = {d: len(files) for d, files in by_depth.items()}
+    if not any(counts.values()):
+        listed = ", ".join(label_names[:5]) + (", ..." if len(label_names) > 5 else "")
+        raise ValueError(
+            f"Folder dataset '{name}': no label in {label_dir} is an 8- or 16-bit single-channel PNG "
+            f"({listed}): store the class indices as grey levels (PIL mode 'L' or 'I;16')."
+        )
+    if all(counts.values()):
+        fewer = [d for d in (8, 16) if counts[d] <= counts[16 if d == 8 else 8]]
+
+        def named(d: int) -> str:
+            files = by_depth[d]
+            return f"the {d}-bit ones: {', '.join(files[:5])}" + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+
+        files_8 = f"{counts[8]} file is" if counts[8] == 1 else f"{counts[8]} files are"
+        files_16 = f"{counts[16]} is" if counts[16] == 1 else f"{counts[16]} are"
+        raise ValueError(
+            f"Folder dataset '{name}' mixes label bit depths in {label_dir}: {files_8} 8-bit and "
+            f"{files_16} 16-bit ({'; '.join(named(d) for d in fewer)}). Their ignore values "
+            f"differ ({IGNORE_8BIT} and {IGNORE_16BIT}): store every label with one bit depth."
+        )
+    return 8 if counts[8] else 16
 
 
 def _load_folder_dataset(
