@@ -44,13 +44,15 @@ from .config import get_lmseg_cfg, resolve_config_file
 from .engine import amp_dtype
 from .images import ImageLike, InputError, to_rgb
 from .modeling.class_text import validate_vocabulary
+from .modeling.meta_arch import dense_scores
 from .modeling.prompts import prompt_name
 from .tta import SemSegTTA
 
 logger = logging.getLogger(__name__)
 
-# Largest class-score map the model is asked for, in float32 elements (1 GiB): with a vocabulary so
-# large that classes x processing size exceeds it, the scores come at a proportionally smaller size.
+# Largest class-score map the model is asked for, in float32 elements (1 GiB): with so many classes
+# that classes x processing size exceeds it, the scores come at a proportionally smaller size. Past
+# MODEL.LMSEG.CLASS_CAP only the classes some view kept have maps (at most views x cap of them).
 SCORE_ELEMENTS = 2**28
 # Elements of one (classes x rows x width) step of the full-size label-map computation (16 MiB).
 STEP_ELEMENTS = 2**22
@@ -291,18 +293,23 @@ class Segmenter:
     @torch.no_grad()
     def _segment_batch(self, images: List[np.ndarray], keep_probabilities: bool) -> List[Segmentation]:
         t = len(self.vocabulary)
+        rows = t  # score maps the model returns per image
+        if t > self.model.class_cap and self._runner is self.model:
+            views = self.model.windows.num_views if self.model.sliding_window else 1
+            rows = min(t, views * self.model.class_cap)
         inputs = []
         for rgb in images:
             height, width = rgb.shape[:2]
             h, w = self.processing_size(height, width)
             resized = T.ResizeTransform(height, width, h, w).apply_image(rgb)  # as at evaluation (PIL bilinear)
             # Scores are asked for at the processing size, smaller for a huge vocabulary.
-            shrink = min(1.0, math.sqrt(SCORE_ELEMENTS / (t * h * w)))
+            shrink = min(1.0, math.sqrt(SCORE_ELEMENTS / (rows * h * w)))
             inputs.append(
                 {
                     "image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))),
                     "height": max(int(h * shrink), 1),
                     "width": max(int(w * shrink), 1),
+                    "kept_classes_only": True,
                 }
             )
         device = self.model.device.type
@@ -310,8 +317,15 @@ class Segmenter:
             outputs = self._runner(inputs)
         results = []
         for rgb, out in zip(images, outputs):
-            probs = out["sem_seg"].float()  # (T, h, w)
-            labels, best_sum, counts = _label_map(probs, rgb.shape[:2])
+            if "sem_seg" in out:
+                probs = out["sem_seg"].float()  # (T, h, w)
+                labels, best_sum, counts = _label_map(probs, rgb.shape[:2], t)
+            else:  # past the class cap: the kept classes' maps (U, h, w), the others score ~0
+                kept = out["kept_classes"].cpu().numpy()
+                probs = out["kept_scores"].float()
+                labels, best_sum, counts = _label_map(probs, rgb.shape[:2], t, kept)
+                if keep_probabilities:
+                    probs = dense_scores(out, t)
             pixels = labels.size
             results.append(
                 Segmentation(
@@ -353,11 +367,19 @@ def _bands(probs: torch.Tensor, size: Tuple[int, int]):
             yield band, c0, F.interpolate(x[None], size=x.shape[1:2] + (width,), mode="bilinear", align_corners=False)[0]
 
 
-def _label_map(probs: torch.Tensor, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _label_map(
+    probs: torch.Tensor, size: Tuple[int, int], num_classes: int, classes: Optional[np.ndarray] = None
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The label map (H, W) of class probabilities (T, h, w) resized to ``size``, with per class
-    the sum of the winning probabilities (T,) and the pixel count (T,)."""
-    t = probs.shape[0]
+    the sum of the winning probabilities (T,) and the pixel count (T,). With ``classes``, ``probs``
+    holds the maps of those classes only (U, h, w), and every other class scores lower everywhere."""
+    t = num_classes
     dtype = np.uint8 if t <= 255 else np.uint16 if t <= 65535 else np.int32
+    if classes is not None:
+        labels, best_sum, counts = _label_map(probs, size, len(classes))
+        full_sum, full_counts = np.zeros(t), np.zeros(t)
+        full_sum[classes], full_counts[classes] = best_sum, counts
+        return classes.astype(dtype)[labels], full_sum, full_counts
     labels = np.empty(size, dtype)
     best_sum = np.zeros(t)
     counts = np.zeros(t)

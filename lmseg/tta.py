@@ -54,7 +54,8 @@ class SemSegTTA(nn.Module):
             for flip in flips:
                 inputs = []
                 for item in batched_inputs:
-                    view = dict(item, image=item["image"].flip(-1) if flip else item["image"])
+                    view = {k: v for k, v in item.items() if k != "kept_classes_only"}  # averaged densely
+                    view["image"] = item["image"].flip(-1) if flip else item["image"]
                     if grid is not None:
                         view["sliding_grid"] = grid
                     inputs.append(view)

@@ -458,3 +458,43 @@ def test_input_the_model_would_misread_is_refused_at_build_time(opts, message):
 
     with pytest.raises(ValueError, match=re.escape(message)):
         LMSeg.from_config(tiny_cfg(*opts))
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_kept_classes_only_outputs_expand_to_the_dense_scores(sliding):
+    from lmseg.modeling.meta_arch import dense_scores
+
+    vocab = [f"class {i}" for i in range(40)]
+    model = tiny_model("MODEL.LMSEG.CLASS_CAP", "4", "TEST.SLIDING_WINDOW", str(sliding), vocabulary=vocab)
+    batch = eval_batch(num_images=2)
+    dense = scores(model, batch)
+    with torch.no_grad():
+        compact = model([{**x, "kept_classes_only": True} for x in batch])
+    views = model.windows.num_views if sliding else 1
+    for out, expected in zip(compact, dense):
+        assert "sem_seg" not in out and out["kept_scores"].shape[0] == len(out["kept_classes"]) <= views * 4
+        torch.testing.assert_close(dense_scores(out, 40), expected, rtol=0, atol=0)
+    # within the cap there is nothing to leave out: the output is dense
+    small = tiny_model(vocabulary=vocab[:4])
+    with torch.no_grad():
+        assert set(small([{**batch[0], "kept_classes_only": True}])[0]) == {"sem_seg"}
+
+
+def test_segmenter_past_the_class_cap_gives_the_dense_results():
+    import numpy as np
+
+    from lmseg import Segmenter
+
+    seg = Segmenter.from_config(TINY_CONFIG, opts=["MODEL.LMSEG.CLASS_CAP", "4", "TEST.SLIDING_WINDOW", "True"])
+    seg.set_vocabulary([f"class {i}" for i in range(40)])
+    image = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    compact = seg(image, probabilities=True)
+    model = seg.model
+    seg._runner = lambda inputs: model([{k: v for k, v in x.items() if k != "kept_classes_only"} for x in inputs])
+    dense = seg(image, probabilities=True)
+    assert compact.label_map.dtype == dense.label_map.dtype
+    np.testing.assert_array_equal(compact.label_map, dense.label_map)
+    np.testing.assert_allclose(compact.scores, dense.scores, rtol=1e-6)
+    np.testing.assert_array_equal(compact.pixel_share, dense.pixel_share)
+    torch.testing.assert_close(compact.probabilities, dense.probabilities, rtol=0, atol=0)
+    assert len(compact.present) >= 1 and all(i < 40 for i in compact.present)

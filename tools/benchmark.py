@@ -18,6 +18,7 @@ off) and writes one Markdown table headed by the device, commit and command. No 
 JSON and appended to ``--output`` when given.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ import statistics
 import sys
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,8 +56,41 @@ def _cfg(args):
     cfg = get_lmseg_cfg(args.config_file, args.opts)
     cfg.MODEL.CLIP.PRETRAINED = ""
     cfg.MODEL.SAM.CHECKPOINT = ""
+    if getattr(args, "device", ""):
+        cfg.MODEL.DEVICE = args.device
     use_cpu_without_cuda(cfg)
     return cfg
+
+
+class _ResidentMemory:
+    """The process's peak resident memory (GiB) while the ``with`` block runs, sampled from
+    /proc/self/statm every millisecond by a thread: what a CPU run holds, model weights included."""
+
+    def __init__(self):
+        self.peak = 0.0
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._running = False
+
+    def now(self) -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page / 2**30
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.001)
+
+    def __enter__(self):
+        self.peak = self.now()
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._running = False
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
 
 
 def _write_dataset(root: Path, num_images: int, size: int, num_classes: int, seed: int = 0) -> str:
@@ -157,28 +192,42 @@ def _eval_model(config_file: str, opts) -> tuple:
 
 
 def _time_forward(model, batch, device: str, dtype, warmup: int, runs: int) -> dict:
-    """Median latency (ms) of ``runs`` forward passes after ``warmup`` ones, and the peak GPU memory
-    of the timed ones (GiB, on a GPU)."""
-    times = []
+    """Median latency (ms) of ``runs`` forward passes after ``warmup`` ones, and the peak memory of
+    the timed ones (GiB): on a GPU the most allocated by PyTorch, on the CPU (Linux) the process's
+    peak resident memory, with ``rss_before_gib`` what it held before them (weights, embeddings)."""
+    on_gpu = device.startswith("cuda")
+    memory = _ResidentMemory() if not on_gpu and os.path.exists("/proc/self/statm") else None
+
+    def forward() -> float:
+        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+            _sync(device)
+            start = time.perf_counter()
+            model(batch)
+            _sync(device)
+        return time.perf_counter() - start
+
     with torch.no_grad():
-        for i in range(warmup + runs):
-            if i == warmup and device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
-                _sync(device)
-                start = time.perf_counter()
-                model(batch)
-                _sync(device)
-            times.append(time.perf_counter() - start)
-    result = {"latency_ms_median": 1000 * statistics.median(times[warmup:])}
-    if device.startswith("cuda"):
+        model.text_embeddings()  # the vocabulary's embeddings, computed once, as in any use
+        for _ in range(warmup):
+            forward()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        before = memory.now() if memory is not None else None
+        with memory if memory is not None else contextlib.nullcontext():
+            times = [forward() for _ in range(runs)]
+    result = {"latency_ms_median": 1000 * statistics.median(times)}
+    if on_gpu:
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    elif memory is not None:
+        result["peak_memory_gib"] = memory.peak
+        result["rss_before_gib"] = before
     return result
 
 
 def _inference_setup(args):
     """The model with ``args.classes`` names on ``args``'s path, one test image, the autocast dtype."""
-    cfg, model, batch = _eval_model(args.config_file, [*args.opts, "TEST.SLIDING_WINDOW", str(args.sliding)])
+    device = ["MODEL.DEVICE", args.device] if args.device else []
+    cfg, model, batch = _eval_model(args.config_file, [*args.opts, *device, "TEST.SLIDING_WINDOW", str(args.sliding)])
     model.set_vocabulary(_vocabulary(args.classes))
     return cfg, model, batch, _DTYPES[args.precision]
 
@@ -186,6 +235,8 @@ def _inference_setup(args):
 def bench_inference(args) -> dict:
     cfg, model, batch, dtype = _inference_setup(args)
     device = cfg.MODEL.DEVICE
+    if args.kept_classes_only:
+        batch = [dict(x, kept_classes_only=True) for x in batch]
     timing = _time_forward(model, batch, device, dtype, args.warmup, args.runs)
     if args.profile:
         _profile(lambda: model(batch), device, dtype, args.profile)
@@ -197,6 +248,8 @@ def bench_inference(args) -> dict:
         "precision": args.precision,
         "classes": len(model.vocabulary),
         "input": list(batch[0]["image"].shape[-2:]),
+        "output": [batch[0]["height"], batch[0]["width"]],
+        "kept_classes_only": args.kept_classes_only,
         "runs": args.runs,
         **timing,
     }
@@ -417,6 +470,8 @@ def main(argv=None) -> None:
         p = sub.add_parser(name)
         p.add_argument("--config-file", required=True)
         p.add_argument("--output", default="", help="append the JSON result to this file")
+        p.add_argument("--device", default="", choices=("", "cpu", "cuda"),
+                       help="run on this device (default: MODEL.DEVICE, the CPU when CUDA is absent)")
         if name == "train":
             p.add_argument("--warmup", type=int, default=10, help="untimed iterations first")
             p.add_argument("--iters", type=int, default=40)
@@ -428,6 +483,8 @@ def main(argv=None) -> None:
             p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
             p.add_argument("--runs", type=int, default=20)
             p.add_argument("--profile", default="", help="write a profile of one run to this file")
+            p.add_argument("--kept-classes-only", action="store_true",
+                           help="past MODEL.LMSEG.CLASS_CAP, ask for the kept classes' scores only, as lmseg.Segmenter does")
         if name == "ops":
             p.add_argument("--top", type=int, default=15, help="list this many of the most called operators")
         p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")

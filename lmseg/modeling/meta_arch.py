@@ -259,7 +259,8 @@ class LMSeg(nn.Module):
         """Set the classes of every later forward call (training or inference).
 
         A name is one class; it may list synonyms separated by ", " (the first one is used in the
-        prompts). Names must be unique. ``descriptions`` (a descriptions file or mapping, e.g. a
+        prompts). Names must be distinct, also once case is ignored and across synonyms
+        (:func:`~lmseg.modeling.class_text.validate_vocabulary`). ``descriptions`` (a descriptions file or mapping, e.g. a
         benchmark's) describe the classes; by default they are looked up in
         MODEL.PROMPTS.DESCRIPTIONS, and classes described nowhere get the template (logged).
         """
@@ -299,6 +300,15 @@ class LMSeg(nn.Module):
 
     # -------------------------------------------------------------------------------- forward
     def forward(self, batched_inputs: List[Dict]) -> object:
+        """Training: the loss ``{"loss_sem_seg": ...}`` of inputs with "image" (3, H, W, 0-255 RGB)
+        and "sem_seg" (H, W) labels. Inference: one dict per input with "image", optional "height"
+        and "width" (the output size, default the image's) and "sliding_grid" (another grid side
+        for sliding windows, :mod:`lmseg.tta`). Each output holds "sem_seg", (T, height, width)
+        class probabilities; or, for an input with ``"kept_classes_only": True`` and a vocabulary
+        past MODEL.LMSEG.CLASS_CAP, "kept_scores" (U, height, width) of the U classes some view kept,
+        "kept_classes" (U,) their indices and "other_score" the score of every other class, so
+        that memory grows with the kept classes, not with T (:func:`dense_scores` expands it).
+        """
         images = [x["image"].to(self.device, non_blocking=True).float() for x in batched_inputs]
         if self.training:
             targets = [x["sem_seg"].to(self.device, non_blocking=True) for x in batched_inputs]
@@ -306,14 +316,17 @@ class LMSeg(nn.Module):
         text = self.drop_descriptions(self.text_embeddings())
         sizes = [(int(x.get("height", im.shape[-2])), int(x.get("width", im.shape[-1]))) for x, im in zip(batched_inputs, images)]
         grids = [x.get("sliding_grid") for x in batched_inputs]
+        compact = [bool(x.get("kept_classes_only", False)) for x in batched_inputs]
         if not self.sliding_window:
             if any(g is not None for g in grids):
                 raise ValueError("an input names a 'sliding_grid', but TEST.SLIDING_WINDOW is False")
-            return self._inference_whole(images, sizes, text)
+            return self._inference_whole(images, sizes, text, compact)
         results: List[Optional[Dict[str, torch.Tensor]]] = [None] * len(images)
         for grid in dict.fromkeys(grids):  # inputs grouped by grid, in order
             group = [i for i, g in enumerate(grids) if g == grid]
-            out = self._inference_sliding([images[i] for i in group], [sizes[i] for i in group], text, self._windows(grid))
+            out = self._inference_sliding(
+                [images[i] for i in group], [sizes[i] for i in group], text, self._windows(grid), [compact[i] for i in group]
+            )
             for i, result in zip(group, out):
                 results[i] = result
         return results
@@ -444,7 +457,7 @@ class LMSeg(nn.Module):
 
     # ----------------------------------------------------------------------------- inference
     def _inference_whole(
-        self, images: List[torch.Tensor], sizes: List[Tuple[int, int]], text: torch.Tensor
+        self, images: List[torch.Tensor], sizes: List[Tuple[int, int]], text: torch.Tensor, compact: List[bool]
     ) -> List[Dict[str, torch.Tensor]]:
         """Each image seen whole, resized (after optional padding) to CLIP's input size."""
         padded = [self._pad(im) for im in images]
@@ -465,7 +478,7 @@ class LMSeg(nn.Module):
                 crop = (pad.shape[-2:], image.shape[-2:])
             to_scores = lambda x: _resize_scores(x.sigmoid(), size, crop)  # noqa: E731
             classes = None if kept is None else kept[i]
-            results.append({"sem_seg": self._map_classes(logits[i], to_scores, text.shape[0], classes)})
+            results.append(self._map_classes(logits[i], to_scores, text.shape[0], classes, compact=compact[i]))
         return results
 
     def _pad(self, image: torch.Tensor) -> torch.Tensor:
@@ -486,7 +499,12 @@ class LMSeg(nn.Module):
         return out
 
     def _inference_sliding(
-        self, images: List[torch.Tensor], sizes: List[Tuple[int, int]], text: torch.Tensor, windows: SlidingWindows
+        self,
+        images: List[torch.Tensor],
+        sizes: List[Tuple[int, int]],
+        text: torch.Tensor,
+        windows: SlidingWindows,
+        compact: List[bool],
     ) -> List[Dict[str, torch.Tensor]]:
         """Windows over the image resized to a square grid, averaged with a whole-image view.
 
@@ -513,31 +531,55 @@ class LMSeg(nn.Module):
             if kept is not None:
                 image_logits, classes = _union_of_views(image_logits, kept[i * n : (i + 1) * n])
             fold = lambda x: _resize_scores(windows.fold(x), size_out)  # noqa: E731
-            results.append({"sem_seg": self._map_classes(image_logits, fold, t, classes, dim=1)})
+            results.append(self._map_classes(image_logits, fold, t, classes, dim=1, compact=compact[i]))
         return results
 
     def _map_classes(
-        self, x: torch.Tensor, fn, num_classes: int, classes: Optional[torch.Tensor] = None, dim: int = 0
-    ) -> torch.Tensor:
-        """Apply ``fn`` to chunks of classes along ``dim``, filling one float32 output (T, H, W).
+        self,
+        x: torch.Tensor,
+        fn,
+        num_classes: int,
+        classes: Optional[torch.Tensor] = None,
+        dim: int = 0,
+        compact: bool = False,
+    ) -> Dict[str, object]:
+        """One output dict: ``fn`` applied to chunks of classes along ``dim`` fills one float32
+        (T, H, W) "sem_seg".
 
         ``classes`` names the class of each slice of ``x`` along ``dim`` when it holds only some of
-        the ``num_classes`` (the class cap's kept ones); every other class gets the score ``fn`` gives
-        the logit ``EXCLUDED_LOGIT``, a constant, without its maps being computed. Only one chunk's
-        intermediate maps exist at a time, and the output is never copied.
+        the ``num_classes`` (the class cap's kept ones); every other class gets the score ``fn``
+        gives the logit ``EXCLUDED_LOGIT`` everywhere, a constant, whose maps are never computed.
+        With ``compact`` such an output holds only the kept classes' scores ("kept_scores",
+        "kept_classes", "other_score"). Only one chunk's intermediate maps exist at a time, and the
+        output is never copied.
         """
+        other = torch.sigmoid(torch.tensor(EXCLUDED_LOGIT)).item()
+        compact = compact and classes is not None
         out = None
         start = 0
         for chunk in x.split(self.class_chunk, dim=dim):
             y = fn(chunk)
             if out is None:
-                out = y.new_empty((num_classes, *y.shape[1:]), dtype=torch.float32)
-                if classes is not None:
-                    out.fill_(torch.sigmoid(torch.tensor(EXCLUDED_LOGIT)).item())
-            rows = slice(start, start + y.shape[0]) if classes is None else classes[start : start + y.shape[0]]
-            out[rows] = y
-            start += y.shape[0]
-        return out
+                out = y.new_empty((x.shape[dim] if compact else num_classes, *y.shape[1:]), dtype=torch.float32)
+                if classes is not None and not compact:
+                    out.fill_(other)
+            stop = start + y.shape[0]
+            out[slice(start, stop) if classes is None or compact else classes[start:stop]] = y
+            start = stop
+        if compact:
+            return {"kept_scores": out, "kept_classes": classes, "other_score": other}
+        return {"sem_seg": out}
+
+
+def dense_scores(output: Dict[str, object], num_classes: int) -> torch.Tensor:
+    """The (T, H, W) "sem_seg" scores of an inference output, expanded from the kept classes' scores
+    of a ``kept_classes_only`` output when it holds those."""
+    if "sem_seg" in output:
+        return output["sem_seg"]
+    kept = output["kept_scores"]
+    out = kept.new_full((num_classes, *kept.shape[1:]), output["other_score"])
+    out[output["kept_classes"]] = kept
+    return out
 
 
 def _check_input_format(cfg) -> None:
