@@ -260,8 +260,8 @@ class LMSeg(nn.Module):
 
         A name is one class; it may list synonyms separated by ", " (the first one is used in the
         prompts). Names must be distinct, also once case is ignored and across synonyms
-        (:func:`~lmseg.modeling.class_text.validate_vocabulary`). ``descriptions`` (a descriptions file or mapping, e.g. a
-        benchmark's) describe the classes; by default they are looked up in
+        (:func:`~lmseg.modeling.class_text.validate_vocabulary`). ``descriptions`` (a descriptions
+        file or mapping, e.g. a benchmark's) describe the classes; by default they are looked up in
         MODEL.PROMPTS.DESCRIPTIONS, and classes described nowhere get the template (logged).
         """
         self.vocab.set(class_names, descriptions)
