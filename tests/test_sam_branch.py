@@ -264,3 +264,44 @@ def test_every_view_gets_sams_training_scale_relative_to_clips(path):
         # the windows (64 of a 96 grid) get 128 / 96 SAM pixels per window pixel, the whole view 2
         torch.testing.assert_close(shared[:-1], torch.full_like(shared[:-1], SAM_INPUT / 96), rtol=0.02, atol=0)
         torch.testing.assert_close(shared[-1], ratios[-1])
+
+
+class NoiseSam(PositionSam):
+    """Stands in for SAM: the same white-noise map (a parameter, 32 x 24 x 24, three SAM cells per
+    CLIP cell along each axis) for every input."""
+
+    def __init__(self):
+        super().__init__()
+        self.grid = 24
+        self.noise = nn.Parameter(torch.randn(32, self.grid, self.grid, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.noise.expand(x.shape[0], -1, -1, -1)
+
+
+@pytest.mark.parametrize("path", ["train", "whole", "sliding", "sliding, SAM once per image"])
+def test_every_sam_cell_of_a_views_area_reaches_its_clip_cells(path):
+    """Through the model's own paths, the SAM features each view receives depend on every SAM cell
+    of the view's area (all of SAM's map, where SAM sees the view whole), and on no other."""
+    sliding = path.startswith("sliding")
+    model = tiny_model("TEST.SLIDING_WINDOW", str(sliding), "TEST.SAM_PER_WINDOW", str(path == "sliding"), eval=path != "train")
+    model.sam = NoiseSam()
+    seen = []
+    hook = model.fusion.register_forward_hook(lambda m, args, out: seen.append(args[1]))
+    if path == "train":
+        model(train_batch(num_images=2))
+    else:
+        model(eval_batch(hw=(72, 96)))
+    hook.remove()
+    maps = seen[0]  # (views, 32, g, g)
+    g = model.sam.grid
+    for v in range(maps.shape[0]):
+        (grad,) = torch.autograd.grad(maps[v].sum(), model.sam.noise, retain_graph=True)
+        reached = grad.abs().sum(dim=0) > 0  # (g, g) SAM cells that reach view v
+        expected = torch.ones(g, g, dtype=torch.bool)
+        if path == "sliding, SAM once per image" and v < len(model.windows.offsets):
+            # a 64 window of the 96 grid covers 2/3 of SAM's map: cells 0-15 or 8-23 along each axis
+            y, x = (offset * g // model.windows.grid for offset in model.windows.offsets[v])
+            expected = torch.zeros(g, g, dtype=torch.bool)
+            expected[y : y + 16, x : x + 16] = True
+        assert torch.equal(reached, expected), f"view {v}"
