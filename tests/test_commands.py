@@ -118,6 +118,21 @@ def test_benchmark_tool_trains_and_reports(tmp_path):
     assert result["iterations_timed"] == 2 and result["iteration_ms_median"] > 0
 
 
+@pytest.mark.slow
+def test_benchmark_tool_reports_cpu_memory_past_the_class_cap(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    for flag in ([], ["--kept-classes-only"]):
+        proc = _run("tools/benchmark.py", "inference", "--config-file", TINY_CONFIG, "--device", "cpu", "--sliding",
+                    "--classes", "100", "--warmup", "0", "--runs", "1", "--output", str(out), *flag)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    dense, kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert dense["classes"] == kept["classes"] == 100 and dense["device"].startswith("CPU")
+    assert (dense["kept_classes_only"], kept["kept_classes_only"]) == (False, True)
+    for result in (dense, kept):
+        assert 0 < result["rss_before_gib"] <= result["peak_memory_gib"] < 64
+        assert result["output"] == [480, 640]
+
+
 def test_resume_continues_learning_rate_and_optimizer_state(train_folder, tmp_path):
     def trainer(out, max_iter=10):
         args = default_argument_parser().parse_args(
