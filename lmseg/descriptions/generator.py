@@ -64,6 +64,7 @@ class Endpoint:
     base_url: Optional[str] = None
     api_key: Optional[str] = field(default=None, repr=False)
     timeout: float = 60.0  # seconds one request may take
+    temperature: Optional[float] = None  # sampling temperature of every request; None: the server's default
 
     @property
     def url(self) -> str:
@@ -201,9 +202,11 @@ def build_request(
     model: str,
     structured: bool = True,
     correction: Optional[tuple] = None,
+    temperature: Optional[float] = None,
 ) -> dict:
     """The keyword arguments of ``chat.completions.create`` for one class. ``correction`` is
-    (previous reply, its problems): the request then shows the model what to fix."""
+    (previous reply, its problems): the request then shows the model what to fix; ``temperature``
+    of None leaves the server's default."""
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": user_prompt(class_name, vocabulary, structured)},
@@ -215,6 +218,8 @@ def build_request(
             {"role": "user", "content": f"That reply cannot be used: {problem}. Answer again with a corrected JSON object."},
         ]
     request = {"model": model, "messages": messages}
+    if temperature is not None:
+        request["temperature"] = temperature
     if structured:
         request["response_format"] = {
             "type": "json_schema",
@@ -370,7 +375,10 @@ class Generator:
 
     def requests(self) -> List[dict]:
         """The requests a run would send now (what --dry-run prints)."""
-        return [build_request(n, self.vocabulary, self.endpoint.model, self.structured) for n in self.missing(self.existing())]
+        return [
+            build_request(n, self.vocabulary, self.endpoint.model, self.structured, temperature=self.endpoint.temperature)
+            for n in self.missing(self.existing())
+        ]
 
     # --- the run ------------------------------------------------------------------------------
     def run(self, names: Optional[Sequence[str]] = None) -> Report:
@@ -502,7 +510,9 @@ class Generator:
             if self._stop.is_set():
                 raise _Stopped()
             structured = self.structured
-            request = build_request(name, self.vocabulary, self.endpoint.model, structured, correction)
+            request = build_request(
+                name, self.vocabulary, self.endpoint.model, structured, correction, self.endpoint.temperature
+            )
             retry_after = None
             try:
                 reply = self._send(client, request)
