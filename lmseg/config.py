@@ -167,7 +167,8 @@ def _add_model_config(cfg: CN) -> None:
     # gets the template in its description slots (logged).
     cfg.MODEL.PROMPTS.DESCRIPTIONS = ""
     # Asking an LLM (OpenAI or any OpenAI-compatible server) for the classes described nowhere,
-    # once: replies are kept in CACHE and reused. The API key comes from $OPENAI_API_KEY only.
+    # once, at temperature 0: replies are kept in CACHE and reused. The API key comes from
+    # $OPENAI_API_KEY only. With several processes the main process asks and the others use its replies.
     cfg.MODEL.PROMPTS.LLM = CN()
     # Off by default: a model never reaches the network unless told to.
     cfg.MODEL.PROMPTS.LLM.ENABLED = False
@@ -175,7 +176,8 @@ def _add_model_config(cfg: CN) -> None:
     cfg.MODEL.PROMPTS.LLM.MODEL = "gpt-4o-mini"
     # Server URL ending in /v1 ("" = $OPENAI_BASE_URL, else OpenAI).
     cfg.MODEL.PROMPTS.LLM.BASE_URL = ""
-    # Descriptions file the generated descriptions are added to ("~" expands).
+    # Descriptions file the generated descriptions are added to ("~" expands), merged into it under
+    # a lock (CACHE + ".lock"), so that runs sharing it keep each other's entries.
     cfg.MODEL.PROMPTS.LLM.CACHE = "~/.cache/lmseg/descriptions.json"
 
     cfg.MODEL.COST = CN()

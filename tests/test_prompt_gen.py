@@ -1,5 +1,6 @@
 """prompt_gen against a real chat-completions server on 127.0.0.1 (tests/helpers/llm_server.py)."""
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 
 from lmseg.descriptions import prompt_name, validate_descriptions
 from prompt_gen.cli import main
-from lmseg.descriptions.generator import read_classes
+from lmseg.descriptions.generator import merge_descriptions, read_classes
 from tests.helpers.llm_server import ChatServer, completion, fake_entry, good_answer
 
 KEY = "sk-test-5f3a9c0e7d1b"
@@ -192,3 +193,26 @@ def test_refuses_old_list_format_and_reads_text_vocabularies(tmp_path, capsys):
     assert main(["--classes", str(text), "--out", str(out), "--base-url", "http://127.0.0.1:9/v1", "--dry-run"]) == 2
     assert "old list format" in capsys.readouterr().err
     assert json.loads(out.read_text()) == {"wall": ["A wall, flat and white."]}  # untouched
+
+
+def _write_entries(cache, tag, count, start):
+    """One writer of test_processes_sharing_a_cache_keep_each_others_entries."""
+    start.wait()
+    for i in range(count):
+        merge_descriptions(cache, {f"{tag} {i}": fake_entry(f"{tag} {i}")}, [])
+
+
+@pytest.mark.slow
+def test_processes_sharing_a_cache_keep_each_others_entries(tmp_path):
+    cache = str(tmp_path / "cache" / "descriptions.json")
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    writers = [context.Process(target=_write_entries, args=(cache, tag, 200, start)) for tag in ("alpha", "beta")]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    expected = {f"{tag} {i}": fake_entry(f"{tag} {i}") for tag in ("alpha", "beta") for i in range(200)}
+    assert read(cache) == expected  # valid JSON, every entry of both writers, none twice
+    assert sorted(os.listdir(tmp_path / "cache")) == ["descriptions.json", "descriptions.json.lock"]

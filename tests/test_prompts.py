@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
 
 from lmseg.data import ensure_datasets_registered
 from lmseg.descriptions import DescriptionError, compose_prompt
@@ -15,7 +14,7 @@ from lmseg.engine import Trainer
 from lmseg.modeling.prompts import PromptBuilder
 
 from tests.helpers.llm_server import ChatServer, fake_entry
-from tests.helpers.model_helpers import eval_batch, scores, tiny_cfg, tiny_model
+from tests.helpers.model_helpers import PromptRecorder, eval_batch, scores, tiny_cfg, tiny_model
 from tests.helpers.synthetic_datasets import write_folder_dataset
 
 TEMPLATE = "A photo of a {} in the scene"
@@ -121,22 +120,6 @@ def test_user_vocabulary_with_unknown_names_runs_on_the_template(described, capl
     assert out.shape == (2, 30, 40) and torch.isfinite(out).all()
 
 
-class PromptRecorder(DatasetEvaluator):
-    """Keeps the prompts the model used for each image it was evaluated on."""
-
-    def __init__(self, model):
-        self.model, self.seen = model, []
-
-    def reset(self):
-        self.seen = []
-
-    def process(self, inputs, outputs):
-        self.seen.append([list(p) for p in self.model.vocab.prompts])
-
-    def evaluate(self):
-        return {}
-
-
 def test_evaluation_gives_each_dataset_its_own_descriptions(tmp_path):
     classes = ["cat", "dog"]
     labels = [np.array([[0, 1], [1, 0]], np.uint8).repeat(16, 0).repeat(16, 1)]
@@ -173,6 +156,7 @@ def test_llm_describes_undescribed_names_once_and_caches_them(described, tmp_pat
                 "MODEL.PROMPTS.LLM.CACHE", str(cache)]
         model = tiny_model(*opts, vocabulary=["cat", "flux capacitor"])
         assert server.asked() == ["flux capacitor"]  # cat is described in the file
+        assert [request.get("temperature") for _, request, _ in server.requests] == [0]  # repeatable answers
         assert model.vocab.prompts[1][1] == compose_prompt("flux capacitor", fake_entry("flux capacitor")["color"])
         assert json.loads(cache.read_text()) == {"flux capacitor": fake_entry("flux capacitor")}
         tiny_model(*opts, vocabulary=["flux capacitor", "dog"])

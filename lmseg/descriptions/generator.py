@@ -4,6 +4,7 @@ One chat-completions request per class, through the ``openai`` client, so OpenAI
 OpenAI-compatible server (vLLM, Ollama, llama.cpp server) work. Every reply is checked with
 :mod:`lmseg.descriptions`; accepted entries are written to the output file as they arrive, atomically,
 so an interrupted run loses nothing and the next run asks only for the classes still missing.
+Processes that share an output file (a cache) merge their entries into it under a file lock.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .format import (
     token_problems,
     validate_descriptions,
 )
-from ..io import atomic_write
+from ..io import atomic_write, file_lock
 
 # What the LLM is told each attribute means, in the order of ATTRIBUTES.
 ATTRIBUTE_QUESTIONS = {
@@ -63,6 +64,7 @@ class Endpoint:
     base_url: Optional[str] = None
     api_key: Optional[str] = field(default=None, repr=False)
     timeout: float = 60.0  # seconds one request may take
+    temperature: Optional[float] = None  # sampling temperature of every request; None: the server's default
 
     @property
     def url(self) -> str:
@@ -200,9 +202,11 @@ def build_request(
     model: str,
     structured: bool = True,
     correction: Optional[tuple] = None,
+    temperature: Optional[float] = None,
 ) -> dict:
     """The keyword arguments of ``chat.completions.create`` for one class. ``correction`` is
-    (previous reply, its problems): the request then shows the model what to fix."""
+    (previous reply, its problems): the request then shows the model what to fix; ``temperature``
+    of None leaves the server's default."""
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": user_prompt(class_name, vocabulary, structured)},
@@ -214,6 +218,8 @@ def build_request(
             {"role": "user", "content": f"That reply cannot be used: {problem}. Answer again with a corrected JSON object."},
         ]
     request = {"model": model, "messages": messages}
+    if temperature is not None:
+        request["temperature"] = temperature
     if structured:
         request["response_format"] = {
             "type": "json_schema",
@@ -279,13 +285,29 @@ def write_descriptions(path: str, data: Dict[str, object], order: Sequence[str])
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def merge_descriptions(path: str, entries: Dict[str, object], order: Sequence[str]) -> None:
+    """Add ``entries`` to the descriptions file ``path`` (replacing entries of the same names),
+    keeping every other entry, also those another process wrote since this one read the file.
+
+    The file is read, updated and atomically replaced under :func:`lmseg.io.file_lock`, so that
+    processes sharing a file (the model's LLM cache) take turns and none drops another's entries.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with file_lock(path):
+        data = load_existing(path)
+        data.update(entries)
+        write_descriptions(path, data, order)
+
+
 class Generator:
     """Asks for the missing classes of a vocabulary and writes each accepted entry at once.
 
     Args:
         endpoint: model, server and key.
         vocabulary: every class name, the context each request shows.
-        out: the descriptions file, read first (present entries are not asked again), then updated.
+        out: the descriptions file, read first (present entries are not asked again), then updated
+            with each accepted entry (:func:`merge_descriptions`: entries other processes add to it
+            meanwhile are kept).
         jobs: requests in flight at once.
         policy: retries and when to give up.
         structured: start with structured (json_schema) output; servers that refuse it are asked
@@ -317,7 +339,6 @@ class Generator:
         self.progress = progress
         self._log = log or (lambda message: print(message, file=sys.stderr))
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_reason: Optional[str] = None
         self._server_failures_in_a_row = 0
@@ -354,7 +375,10 @@ class Generator:
 
     def requests(self) -> List[dict]:
         """The requests a run would send now (what --dry-run prints)."""
-        return [build_request(n, self.vocabulary, self.endpoint.model, self.structured) for n in self.missing(self.existing())]
+        return [
+            build_request(n, self.vocabulary, self.endpoint.model, self.structured, temperature=self.endpoint.temperature)
+            for n in self.missing(self.existing())
+        ]
 
     # --- the run ------------------------------------------------------------------------------
     def run(self, names: Optional[Sequence[str]] = None) -> Report:
@@ -373,7 +397,7 @@ class Generator:
         bar = self._bar(len(todo))
         self._last_success = time.monotonic()
         pool = ThreadPoolExecutor(max_workers=self.jobs)
-        futures = {pool.submit(self._describe_and_write, client, name, data): name for name in todo}
+        futures = {pool.submit(self._describe_and_write, client, name): name for name in todo}
         try:
             for future in as_completed(futures):
                 name = futures[future]
@@ -406,15 +430,14 @@ class Generator:
         report.stopped = self._stop_reason
         return report
 
-    def _describe_and_write(self, client, name: str, data: Dict[str, object]) -> Dict[str, str]:
-        """Describe one class and write the file with it at once, before the next class is asked."""
+    def _describe_and_write(self, client, name: str) -> Dict[str, str]:
+        """Describe one class and add it to the file at once (under the file's lock, which the
+        request threads also take turns on)."""
         entry = self._describe(client, name)
-        with self._write_lock:
-            data[name] = entry
-            try:
-                write_descriptions(self.out, data, self.vocabulary)
-            except OSError as e:
-                raise GeneratorError(f"cannot write {self.out}: {e}") from None
+        try:
+            merge_descriptions(self.out, {name: entry}, self.vocabulary)
+        except OSError as e:
+            raise GeneratorError(f"cannot write {self.out}: {e}") from None
         return entry
 
     def _bar(self, total: int):
@@ -487,7 +510,9 @@ class Generator:
             if self._stop.is_set():
                 raise _Stopped()
             structured = self.structured
-            request = build_request(name, self.vocabulary, self.endpoint.model, structured, correction)
+            request = build_request(
+                name, self.vocabulary, self.endpoint.model, structured, correction, self.endpoint.temperature
+            )
             retry_after = None
             try:
                 reply = self._send(client, request)

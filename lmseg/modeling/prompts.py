@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from detectron2.utils import comm
 
 from ..descriptions.lookup import find_descriptions
 from ..descriptions import (
@@ -52,7 +53,9 @@ class PromptBuilder:
             folder of files, or "" for the shipped bank (lmseg/descriptions/data).
         combine: "channels" (P cost channels) or "mean" (one mean embedding, see :meth:`combine`).
         generate: optional ``generate(names, vocabulary) -> descriptions`` asked for the names
-            described nowhere (an LLM, see :func:`build_prompt_builder`); what it cannot describe is templated.
+            described nowhere (an LLM, see :func:`build_prompt_builder`); what it cannot describe is
+            templated. It is called on every look-up, with no names when all are described, so that
+            every process of a distributed run takes part in the same exchanges (see :func:`_ask_llm`).
     """
 
     def __init__(
@@ -127,7 +130,7 @@ class PromptBuilder:
             tables.append(read_descriptions(str(bank)))
         found = find_descriptions(list(class_names), tables)
         missing = [n for n in class_names if n not in found]
-        if missing and self.generate is not None:
+        if self.generate is not None:
             for name, entry in self.generate(missing, list(class_names)).items():
                 if name in missing:
                     found[name] = dict(entry)
@@ -182,11 +185,51 @@ def build_prompt_builder(cfg) -> PromptBuilder:
 
 
 def _ask_llm(names: List[str], vocabulary: List[str], *, model: str, base_url: Optional[str], cache: str) -> Descriptions:
-    """Descriptions of ``names`` from the LLM cache, asking the LLM for the ones it lacks; on any
-    failure the reason is logged and the names stay undescribed (templated)."""
+    """Descriptions of ``names`` from the LLM cache, asking the LLM (at temperature 0) for the ones
+    it lacks; on a failure to get them the reason is logged and the names stay undescribed (templated).
+
+    In a distributed run (a torch.distributed process group of several processes) every process
+    calls this for every vocabulary it sets, in the same order (the model is built and evaluated on
+    all of them), with no names when it lacks none. The processes first exchange the names they
+    lack, which must be the same (or all stop with an error); then the main process alone reads the
+    cache and asks the LLM, and a second exchange hands its descriptions to the others, which wait
+    for them, so that every process uses the same texts. A failure of the main process is raised on
+    every process: none is left waiting.
+    """
+    if comm.get_world_size() == 1:
+        return _describe_with_llm(names, vocabulary, model=model, base_url=base_url, cache=cache) if names else {}
+    lacking = comm.all_gather(list(names))  # the names of every process, by rank
+    disagree = [rank for rank, other in enumerate(lacking) if other != lacking[0]]
+    if disagree:
+        raise RuntimeError(
+            "MODEL.PROMPTS.LLM: the processes lack descriptions for different classes (process 0: "
+            f"{lacking[0]}, process {disagree[0]}: {lacking[disagree[0]]}); every process must set the "
+            "same vocabularies and read the same descriptions files (MODEL.PROMPTS.DESCRIPTIONS, the "
+            "datasets' own, the shipped bank)"
+        )
+    if not names:
+        return {}
+    answer, error = None, None
+    if comm.is_main_process():
+        try:
+            answer = _describe_with_llm(names, vocabulary, model=model, base_url=base_url, cache=cache)
+        except Exception as e:  # raised below, once the other processes have been told
+            error, answer = e, f"{type(e).__name__}: {e}"
+    else:
+        logger.info("Waiting for the main process to describe %d undescribed classes", len(names))
+    answer = comm.all_gather(answer)[0]  # the main process's descriptions, or why it has none
+    if error is not None:
+        raise error
+    if isinstance(answer, str):
+        raise RuntimeError(f"MODEL.PROMPTS.LLM: the main process failed to get the descriptions: {answer}")
+    return answer
+
+
+def _describe_with_llm(names: List[str], vocabulary: List[str], *, model: str, base_url: Optional[str], cache: str) -> Descriptions:
+    """This process's look-up in the cache and request to the LLM (see :func:`_ask_llm`)."""
     from ..descriptions.generator import Endpoint, GeneratorError, RetryPolicy, describe
 
-    endpoint = Endpoint(model=model, base_url=base_url)
+    endpoint = Endpoint(model=model, base_url=base_url, temperature=0.0)
     logger.info("Looking up %d undescribed classes in %s, asking %s for the missing", len(names), cache, endpoint.url)
     try:
         return describe(names, vocabulary, endpoint, cache, policy=RetryPolicy(retries=3, patience=60.0), log=logger.warning)

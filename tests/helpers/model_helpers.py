@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 import torch
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
 from segment_anything.modeling import ImageEncoderViT
 
@@ -77,3 +78,19 @@ def segment_anything_tiny_encoder(img_size: int) -> ImageEncoderViT:
         img_size=img_size, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=4, global_attn_indexes=(1,),
         out_chans=32, use_rel_pos=True, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
     ).eval()
+
+
+class PromptRecorder(DatasetEvaluator):
+    """Keeps the prompts the model used for each image it was evaluated on."""
+
+    def __init__(self, model):
+        self.model, self.seen = model, []
+
+    def reset(self):
+        self.seen = []
+
+    def process(self, inputs, outputs):
+        self.seen.append([list(p) for p in self.model.vocab.prompts])
+
+    def evaluate(self):
+        return {}
