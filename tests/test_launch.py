@@ -1,0 +1,146 @@
+"""Starting a run of several processes (lmseg/launch.py): detectron2's launcher with one command
+per machine, torchrun, and the refusal of both at once. The commands are those of
+GETTING_STARTED.md's "Several machines", run on localhost."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.engine import default_argument_parser
+
+from lmseg.launch import LaunchError, check_launch_arguments, torchrun_process
+
+from tests.helpers.model_helpers import REPO, TINY_CONFIG
+from tests.helpers.synthetic_datasets import write_learnable_folder_dataset
+
+TORCHRUN_ENV = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+def _args(*argv):
+    return default_argument_parser().parse_args(["--config-file", TINY_CONFIG, *argv])
+
+
+# ---- torchrun's variables and the launcher's arguments
+
+def test_torchrun_variables_give_this_process_its_place():
+    assert torchrun_process({}) is None
+    assert torchrun_process({**TORCHRUN_ENV, "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}) is None
+    process = torchrun_process(TORCHRUN_ENV)
+    assert (process.rank, process.world_size, process.local_rank, process.local_world_size) == (1, 4, 1, 2)
+    # torchrun with --num-gpus 1 (the default) and the default --dist-url is a torchrun run
+    assert check_launch_arguments(_args("--num-gpus", "1"), TORCHRUN_ENV) == process
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--num-gpus", "2"], "--num-gpus 2"),
+    (["--num-machines", "2", "--machine-rank", "1"], "--num-machines 2 --machine-rank 1"),
+    (["--dist-url", "tcp://10.0.0.1:1234"], "--dist-url tcp://10.0.0.1:1234"),
+])
+def test_torchrun_with_the_launchers_arguments_is_refused(argv, named):
+    with pytest.raises(LaunchError, match=f"WORLD_SIZE=4, LOCAL_WORLD_SIZE=2.*{named} asks detectron2's launcher"
+                                          ".*Use one or the other"):
+        check_launch_arguments(_args(*argv), TORCHRUN_ENV)
+    assert check_launch_arguments(_args(*argv), {}) is None  # without torchrun they are the launcher's
+
+
+def test_incomplete_or_uneven_torchrun_variables_are_refused():
+    with pytest.raises(LaunchError, match="WORLD_SIZE=2 makes this process one of 2, but RANK, LOCAL_RANK, "
+                                          "LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT are not set"):
+        torchrun_process({"WORLD_SIZE": "2"})
+    with pytest.raises(LaunchError, match="WORLD_SIZE=3 is not a multiple of LOCAL_WORLD_SIZE=2"):
+        torchrun_process({**TORCHRUN_ENV, "WORLD_SIZE": "3"})
+    with pytest.raises(LaunchError, match="RANK='x' is not a whole number"):
+        torchrun_process({**TORCHRUN_ENV, "RANK": "x"})
+
+
+# ---- the commands, on localhost
+
+@pytest.fixture(scope="module")
+def train_opts(tmp_path_factory):
+    data = write_learnable_folder_dataset(str(tmp_path_factory.mktemp("launch") / "train"), num_images=4, size=48,
+                                          num_classes=3, seed=0)
+    # 3 iterations: a checkpoint after the second (model_0000001.pth), then model_final.pth
+    return ["--config-file", TINY_CONFIG, "DATASETS.TRAIN", f'("sem_seg_folder:{data}",)', "DATASETS.TEST", "()",
+            "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2",
+            "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.CROP.SIZE", "(48, 48)"]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", *TORCHRUN_ENV)}
+    return {**env, "PYTHONWARNINGS": "ignore", **extra}
+
+
+def _start(argv, env):
+    return subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(*procs, timeout=300):
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-5000:]
+    return outputs
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _assert_one_run_of_two(rank0_dir: Path, rank1_dir: Path) -> None:
+    """One training of world size 2: rank 0 wrote the checkpoints and metrics, once; rank 1 its log."""
+    assert "Rank of current process: 0. World size: 2" in (rank0_dir / "log.txt").read_text()
+    assert "Rank of current process: 1. World size: 2" in (rank1_dir / "log.txt.rank1").read_text()
+    assert sorted(p.name for p in rank0_dir.glob("*.pth")) == ["model_0000001.pth", "model_final.pth"]
+    assert (rank0_dir / "last_checkpoint").read_text() == "model_final.pth"
+    assert torch.load(rank0_dir / "model_final.pth", map_location="cpu", weights_only=True)["iteration"] == 2
+    # two trainings into one OUTPUT_DIR would each append iterations 0 to 2
+    iterations = [json.loads(line)["iteration"] for line in (rank0_dir / "metrics.json").read_text().splitlines()]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 2
+
+
+@pytest.mark.slow
+def test_one_command_per_machine_forms_one_run(train_opts, tmp_path):
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    # each "machine" has its own OUTPUT_DIR, as on machines without a shared disk
+    procs = [
+        _start(["train_net.py", "--num-machines", "2", "--machine-rank", str(rank), "--num-gpus", "1",
+                "--dist-url", url, *train_opts, "OUTPUT_DIR", str(tmp_path / f"machine{rank}")],
+               _env(OMP_NUM_THREADS="1"))  # two machines on one host's CPUs
+        for rank in (0, 1)
+    ]
+    _finish(*procs)
+    _assert_one_run_of_two(tmp_path / "machine0", tmp_path / "machine1")
+    # the second machine's process writes its log and nothing else
+    assert sorted(p.name for p in (tmp_path / "machine1").iterdir()) == ["log.txt.rank1"]
+
+
+@pytest.mark.slow
+def test_torchrun_forms_one_run(train_opts, tmp_path):
+    (out,) = _finish(_start(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "train_net.py", *train_opts, "OUTPUT_DIR", str(tmp_path)], _env(OMP_NUM_THREADS="1")))
+    _assert_one_run_of_two(tmp_path, tmp_path)
+
+
+@pytest.mark.slow
+def test_train_net_refuses_torchrun_with_num_gpus(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", TINY_CONFIG, "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path)],
+        cwd=REPO, env=_env(**TORCHRUN_ENV), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "train_net.py: error: torchrun's variables" in proc.stderr and "Use one or the other" in proc.stderr
+    assert not tmp_path.joinpath("log.txt").exists()
