@@ -1,4 +1,4 @@
-"""How the processes of a run start.
+"""How the processes of a run start, and how they share a machine's CPUs.
 
 Two ways start a run of several processes, and :func:`launch` takes either:
 
@@ -10,6 +10,9 @@ Two ways start a run of several processes, and :func:`launch` takes either:
 
 Asking for both at once (torchrun's variables with ``--num-gpus 2``, say) is refused with
 :class:`LaunchError`, since each of torchrun's processes would start a run of its own.
+
+On the CPU, the processes of one machine divide its CPUs among them (:func:`share_cpu_threads`,
+which :func:`lmseg.engine.setup` calls in each process) unless ``OMP_NUM_THREADS`` says otherwise.
 """
 from __future__ import annotations
 
@@ -142,3 +145,39 @@ def _join_torchrun_group(process: TorchrunProcess) -> None:
     )
     comm.create_local_process_group(process.local_world_size)
     comm.synchronize()
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and SLURM restrict)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def share_cpu_threads(local_world_size: int, environ: Mapping[str, str] = os.environ,
+                      cpus: Optional[int] = None) -> Optional[str]:
+    """Give this process its share of the machine's CPUs when several processes run on it.
+
+    Each process would otherwise start a thread per CPU, and the processes then compete for every
+    core (``configs/tiny.yaml``, 2 processes on 2 cores: 0.04 s an iteration, against 0.9 s with a
+    thread per CPU in each). The threads are set
+    to ``max(1, cpus // local_world_size)`` unless ``OMP_NUM_THREADS`` is set, which wins. Returns
+    the line to log, or None for a lone process (left as it is).
+    """
+    if local_world_size <= 1:
+        return None
+    if environ.get("OMP_NUM_THREADS"):
+        return (
+            f"OMP_NUM_THREADS={environ['OMP_NUM_THREADS']}: torch uses {_threads(torch.get_num_threads())} "
+            f"in each of the {local_world_size} processes on this machine"
+        )
+    cpus = cpus or available_cpus()
+    torch.set_num_threads(max(1, cpus // local_world_size))
+    return (
+        f"{local_world_size} processes on this machine share its {cpus} CPUs: torch uses "
+        f"{_threads(torch.get_num_threads())} in each (OMP_NUM_THREADS sets another number)"
+    )
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"

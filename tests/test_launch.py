@@ -1,6 +1,6 @@
 """Starting a run of several processes (lmseg/launch.py): detectron2's launcher with one command
-per machine, torchrun, and the refusal of both at once. The commands are those of
-GETTING_STARTED.md's "Several machines", run on localhost."""
+per machine, torchrun, the refusal of both at once, and the CPUs shared by the processes of a
+machine. The commands are those of GETTING_STARTED.md's "Several machines", run on localhost."""
 import json
 import os
 import socket
@@ -12,7 +12,7 @@ import pytest
 import torch
 from detectron2.engine import default_argument_parser
 
-from lmseg.launch import LaunchError, check_launch_arguments, torchrun_process
+from lmseg.launch import LaunchError, check_launch_arguments, share_cpu_threads, torchrun_process
 
 from tests.helpers.model_helpers import REPO, TINY_CONFIG
 from tests.helpers.synthetic_datasets import write_learnable_folder_dataset
@@ -56,6 +56,26 @@ def test_incomplete_or_uneven_torchrun_variables_are_refused():
         torchrun_process({**TORCHRUN_ENV, "WORLD_SIZE": "3"})
     with pytest.raises(LaunchError, match="RANK='x' is not a whole number"):
         torchrun_process({**TORCHRUN_ENV, "RANK": "x"})
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_processes_of_a_machine_share_its_cpus(restore_threads):
+    line = share_cpu_threads(4, environ={}, cpus=8)
+    assert torch.get_num_threads() == 2
+    assert line == "4 processes on this machine share its 8 CPUs: torch uses 2 threads in each (OMP_NUM_THREADS sets another number)"
+    share_cpu_threads(4, environ={}, cpus=3)
+    assert torch.get_num_threads() == 1  # at least one thread each
+    # OMP_NUM_THREADS wins, and a lone process is left as it is
+    torch.set_num_threads(3)
+    assert "OMP_NUM_THREADS=3: torch uses 3 threads in each of the 4" in share_cpu_threads(4, {"OMP_NUM_THREADS": "3"}, cpus=8)
+    assert share_cpu_threads(1, environ={}, cpus=8) is None
+    assert torch.get_num_threads() == 3
 
 
 # ---- the commands, on localhost
@@ -133,6 +153,19 @@ def test_torchrun_forms_one_run(train_opts, tmp_path):
     (out,) = _finish(_start(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "train_net.py", *train_opts, "OUTPUT_DIR", str(tmp_path)], _env(OMP_NUM_THREADS="1")))
     _assert_one_run_of_two(tmp_path, tmp_path)
+    # the user's OMP_NUM_THREADS wins over the share of the CPUs
+    for log in ("log.txt", "log.txt.rank1"):
+        assert "OMP_NUM_THREADS=1: torch uses 1 thread in each of the 2 processes" in (tmp_path / log).read_text()
+
+
+@pytest.mark.slow
+def test_processes_started_by_num_gpus_share_the_cpus(train_opts, tmp_path):
+    _finish(_start(["train_net.py", "--num-gpus", "2", *train_opts, "OUTPUT_DIR", str(tmp_path)], _env()))
+    cpus = len(os.sched_getaffinity(0))
+    threads = max(1, cpus // 2)
+    line = f"2 processes on this machine share its {cpus} CPUs: torch uses {threads} thread"
+    for log in ("log.txt", "log.txt.rank1"):
+        assert line in (tmp_path / log).read_text()
 
 
 @pytest.mark.slow
