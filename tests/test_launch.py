@@ -1,8 +1,11 @@
 """Starting a run of several processes (lmseg/launch.py): detectron2's launcher with one command
 per machine, torchrun, the refusal of both at once, and the CPUs shared by the processes of a
 machine. The commands are those of GETTING_STARTED.md's "Several machines", run on localhost."""
+import itertools
 import json
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -80,27 +83,44 @@ def test_the_processes_of_a_machine_share_its_cpus(restore_threads):
 
 # ---- the commands, on localhost
 
+# 3 iterations: a checkpoint after the second (model_0000001.pth), then model_final.pth
+FEW_ITERATIONS = ["SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2",
+                  "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.CROP.SIZE", "(48, 48)"]
+
+
+def documented_commands():
+    """GETTING_STARTED.md's commands "On one host", each as (its environment variables, argv)."""
+    text = (REPO / "GETTING_STARTED.md").read_text(encoding="utf-8")
+    block = re.search(r"\*\*On one host\*\*.*?```bash\n(.*?)```", text, flags=re.S).group(1)
+    commands = []
+    for line in block.splitlines():
+        words = shlex.split(line.removesuffix("&"))
+        env = dict(w.split("=", 1) for w in itertools.takewhile(lambda w: re.fullmatch(r"[A-Z_]+=\S*", w), words))
+        commands.append((env, words[len(env):]))
+    return commands
+
+
 @pytest.fixture(scope="module")
-def train_opts(tmp_path_factory):
-    data = write_learnable_folder_dataset(str(tmp_path_factory.mktemp("launch") / "train"), num_images=4, size=48,
+def data(tmp_path_factory):
+    return write_learnable_folder_dataset(str(tmp_path_factory.mktemp("launch") / "train"), num_images=4, size=48,
                                           num_classes=3, seed=0)
-    # 3 iterations: a checkpoint after the second (model_0000001.pth), then model_final.pth
-    return ["--config-file", TINY_CONFIG, "DATASETS.TRAIN", f'("sem_seg_folder:{data}",)', "DATASETS.TEST", "()",
-            "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2",
-            "INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.CROP.SIZE", "(48, 48)"]
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", *TORCHRUN_ENV)}
-    return {**env, "PYTHONWARNINGS": "ignore", **extra}
-
-
-def _start(argv, env):
-    return subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def _start(command, data, out_dir, port=None, **env):
+    """Start a documented command on the tiny folder dataset, for a few iterations into out_dir."""
+    variables, argv = command
+    program = {"python": [sys.executable], "torchrun": [sys.executable, "-m", "torch.distributed.run"]}[argv[0]]
+    argv = [word.replace("sem_seg_folder:PATH", f"sem_seg_folder:{data}") for word in argv[1:]]
+    if port is not None:
+        argv = [word.replace("tcp://127.0.0.1:29500", f"tcp://127.0.0.1:{port}") for word in argv]
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", *TORCHRUN_ENV)}
+    environ.update(PYTHONWARNINGS="ignore", **variables, **env)
+    return subprocess.Popen([*program, *argv, *FEW_ITERATIONS, "OUTPUT_DIR", str(out_dir)], cwd=REPO, env=environ,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _finish(*procs, timeout=300):
+    """Wait for every process; each must exit 0."""
     outputs = []
     for proc in procs:
         try:
@@ -111,7 +131,6 @@ def _finish(*procs, timeout=300):
             raise
     for proc, out in zip(procs, outputs):
         assert proc.returncode == 0, out[-5000:]
-    return outputs
 
 
 def _free_port() -> int:
@@ -132,38 +151,41 @@ def _assert_one_run_of_two(rank0_dir: Path, rank1_dir: Path) -> None:
     assert iterations == sorted(set(iterations)) and iterations[-1] == 2
 
 
+def test_the_documented_commands_are_two_machines_then_torchrun():
+    commands = documented_commands()
+    assert [argv[0] for _, argv in commands] == ["python", "python", "torchrun"]
+    for rank, (env, argv) in enumerate(commands[:2]):
+        assert env == {"OMP_NUM_THREADS": "1"}
+        assert argv[argv.index("--machine-rank") + 1] == str(rank) and "--num-machines" in argv
+
+
 @pytest.mark.slow
-def test_one_command_per_machine_forms_one_run(train_opts, tmp_path):
-    url = f"tcp://127.0.0.1:{_free_port()}"
+def test_one_command_per_machine_forms_one_run(data, tmp_path):
+    port = _free_port()
     # each "machine" has its own OUTPUT_DIR, as on machines without a shared disk
-    procs = [
-        _start(["train_net.py", "--num-machines", "2", "--machine-rank", str(rank), "--num-gpus", "1",
-                "--dist-url", url, *train_opts, "OUTPUT_DIR", str(tmp_path / f"machine{rank}")],
-               _env(OMP_NUM_THREADS="1"))  # two machines on one host's CPUs
-        for rank in (0, 1)
-    ]
-    _finish(*procs)
+    _finish(*[_start(command, data, tmp_path / f"machine{rank}", port)
+              for rank, command in enumerate(documented_commands()[:2])])
     _assert_one_run_of_two(tmp_path / "machine0", tmp_path / "machine1")
     # the second machine's process writes its log and nothing else
     assert sorted(p.name for p in (tmp_path / "machine1").iterdir()) == ["log.txt.rank1"]
 
 
 @pytest.mark.slow
-def test_torchrun_forms_one_run(train_opts, tmp_path):
-    (out,) = _finish(_start(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "train_net.py", *train_opts, "OUTPUT_DIR", str(tmp_path)], _env(OMP_NUM_THREADS="1")))
+def test_torchrun_forms_one_run(data, tmp_path):
+    # OMP_NUM_THREADS as a user sets it (torchrun would set 1 itself): it wins over the share of the CPUs
+    _finish(_start(documented_commands()[2], data, tmp_path, OMP_NUM_THREADS="1"))
     _assert_one_run_of_two(tmp_path, tmp_path)
-    # the user's OMP_NUM_THREADS wins over the share of the CPUs
     for log in ("log.txt", "log.txt.rank1"):
         assert "OMP_NUM_THREADS=1: torch uses 1 thread in each of the 2 processes" in (tmp_path / log).read_text()
 
 
 @pytest.mark.slow
-def test_processes_started_by_num_gpus_share_the_cpus(train_opts, tmp_path):
-    _finish(_start(["train_net.py", "--num-gpus", "2", *train_opts, "OUTPUT_DIR", str(tmp_path)], _env()))
+def test_processes_started_by_num_gpus_share_the_cpus(data, tmp_path):
+    command = ({}, ["python", "train_net.py", "--config-file", "configs/tiny.yaml", "--num-gpus", "2",
+                    "DATASETS.TRAIN", '("sem_seg_folder:PATH",)', "DATASETS.TEST", "()"])
+    _finish(_start(command, data, tmp_path))
     cpus = len(os.sched_getaffinity(0))
-    threads = max(1, cpus // 2)
-    line = f"2 processes on this machine share its {cpus} CPUs: torch uses {threads} thread"
+    line = f"2 processes on this machine share its {cpus} CPUs: torch uses {max(1, cpus // 2)} thread"
     for log in ("log.txt", "log.txt.rank1"):
         assert line in (tmp_path / log).read_text()
 
@@ -172,7 +194,7 @@ def test_processes_started_by_num_gpus_share_the_cpus(train_opts, tmp_path):
 def test_train_net_refuses_torchrun_with_num_gpus(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train_net.py", "--config-file", TINY_CONFIG, "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path)],
-        cwd=REPO, env=_env(**TORCHRUN_ENV), capture_output=True, text=True, timeout=120,
+        cwd=REPO, env={**os.environ, **TORCHRUN_ENV}, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "train_net.py: error: torchrun's variables" in proc.stderr and "Use one or the other" in proc.stderr
