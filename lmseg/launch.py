@@ -17,6 +17,7 @@ which :func:`lmseg.engine.setup` calls in each process) unless ``OMP_NUM_THREADS
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
@@ -97,12 +98,13 @@ def check_launch_arguments(args, environ: Mapping[str, str] = os.environ) -> Opt
     if args.dist_url != default_argument_parser().get_default("dist_url"):
         conflicts.append(f"--dist-url {args.dist_url}")
     if conflicts:
+        script = sys.argv[0] or "train_net.py"
         raise LaunchError(
             f"torchrun's variables (WORLD_SIZE={process.world_size}, LOCAL_WORLD_SIZE={process.local_world_size}) "
             f"make this process one of a run of {process.world_size} already, and {' '.join(conflicts)} asks "
             "detectron2's launcher to start processes as well. Use one or the other: torchrun --nnodes M "
-            "--nproc_per_node N train_net.py ... without --num-gpus, --num-machines, --machine-rank and "
-            "--dist-url, or python train_net.py --num-gpus N [--num-machines M --machine-rank R --dist-url "
+            f"--nproc_per_node N {script} ... without --num-gpus, --num-machines, --machine-rank and "
+            f"--dist-url, or python {script} --num-gpus N [--num-machines M --machine-rank R --dist-url "
             "tcp://HOST:PORT] ... without torchrun."
         )
     return process

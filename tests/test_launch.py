@@ -191,11 +191,30 @@ def test_processes_started_by_num_gpus_share_the_cpus(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_net_refuses_torchrun_with_num_gpus(tmp_path):
+def test_evaluate_all_under_torchrun_forms_one_run(tmp_path):
+    # no benchmark on disk: every one is skipped, and the two processes still form one run
+    (tmp_path / "datasets").mkdir()
+    env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets"), "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": str(REPO)}  # tools/ scripts import this checkout's lmseg, not an installed one
     proc = subprocess.run(
-        [sys.executable, "train_net.py", "--config-file", TINY_CONFIG, "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path)],
-        cwd=REPO, env={**os.environ, **TORCHRUN_ENV}, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "tools/evaluate_all.py",
+         "--config-file", TINY_CONFIG, "OUTPUT_DIR", str(tmp_path / "out")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Rank of current process: 1. World size: 2" in (tmp_path / "out" / "log.txt.rank1").read_text()
+    assert "Skipped (not on disk)" in (tmp_path / "out" / "benchmarks.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train_net.py", "tools/evaluate_all.py"])
+def test_torchrun_with_num_gpus_is_refused_before_anything_starts(script, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, script, "--config-file", TINY_CONFIG, "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path)],
+        cwd=REPO, env={**os.environ, **TORCHRUN_ENV, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "train_net.py: error: torchrun's variables" in proc.stderr and "Use one or the other" in proc.stderr
-    assert not tmp_path.joinpath("log.txt").exists()
+    assert f"{os.path.basename(script)}: error: torchrun's variables" in proc.stderr
+    assert f"Use one or the other: torchrun --nnodes M --nproc_per_node N {script} ..." in proc.stderr
+    assert not any(tmp_path.iterdir())
