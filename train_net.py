@@ -4,8 +4,11 @@
     python train_net.py --config-file configs/vitl.yaml --num-gpus 4
     python train_net.py --config-file configs/vitl.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file configs/vitl.yaml --num-gpus 4 --resume
+    torchrun --nproc_per_node 4 train_net.py --config-file configs/vitl.yaml
 
 Trailing KEY VALUE pairs override the config. Without a GPU, --num-gpus N runs N CPU processes.
+Several machines take one command each (--num-machines M --machine-rank R --dist-url
+tcp://HOST:PORT), or torchrun (lmseg/launch.py; GETTING_STARTED.md, "Several machines").
 --eval-only needs MODEL.WEIGHTS (or --resume with a checkpoint in OUTPUT_DIR); --allow-untrained
 scores a randomly initialised model on purpose. A MODEL.WEIGHTS file that does not exist stops the
 run before anything is built (exit status 2).
@@ -14,18 +17,24 @@ import logging
 import os
 import sys
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
 from lmseg.checkpoint import MissingWeightsError, check_weights_file, load_weights
 from lmseg.config import get_lmseg_cfg
 from lmseg.engine import Trainer, check_datasets, setup
+from lmseg.launch import LaunchError, check_launch_arguments, launch
 
 UNTRAINED = "UNTRAINED MODEL (--allow-untrained, no MODEL.WEIGHTS): these results are of random weights"
 
 
 def check_arguments(args) -> None:
     """Stop with a message (exit status 2) before anything is built when the run cannot give what
-    was asked: a missing weights file, or an evaluation with no weights to evaluate."""
+    was asked: a missing weights file, an evaluation with no weights to evaluate, or torchrun's
+    processes asked to start processes of their own."""
+    try:
+        check_launch_arguments(args)
+    except LaunchError as err:
+        sys.exit(_usage_error(str(err)))
     cfg = get_lmseg_cfg(args.config_file, args.opts)
     try:
         check_weights_file(cfg.MODEL.WEIGHTS)
@@ -75,11 +84,4 @@ if __name__ == "__main__":
                         help="with --eval-only and no MODEL.WEIGHTS, score the randomly initialised model")
     args = parser.parse_args()
     check_arguments(args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch(main, args)

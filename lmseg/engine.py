@@ -31,6 +31,7 @@ from .checkpoint import LMSegCheckpointer
 from .config import get_lmseg_cfg, use_cpu_without_cuda
 from .data import FOLDER_PREFIX, SemanticSegmentationDatasetMapper, ensure_datasets_registered, is_folder_dataset
 from .evaluation import LMSegSemSegEvaluator
+from .launch import share_cpu_threads
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import SemSegTTA
 
@@ -42,7 +43,8 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None
 def setup(args):
     """The frozen config of a command line (detectron2's parsed arguments), with logging set up.
 
-    Without CUDA, a cuda MODEL.DEVICE falls back to the CPU.
+    Without CUDA, a cuda MODEL.DEVICE falls back to the CPU. On the CPU, the processes of a machine
+    share its CPUs (:func:`lmseg.launch.share_cpu_threads`), which the log says.
     """
     cfg = get_lmseg_cfg(args.config_file, args.opts)
     use_cpu_without_cuda(cfg)
@@ -51,6 +53,10 @@ def setup(args):
     # LMSeg's own log lines (the parameter summary, where each part of a checkpoint came from, the
     # evaluation of each test set) go to the console and OUTPUT_DIR/log.txt as detectron2's do.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="lmseg")
+    if cfg.MODEL.DEVICE == "cpu":
+        threads = share_cpu_threads(comm.get_local_size())
+        if threads:
+            logger.info(threads)
     return cfg
 
 

@@ -4,6 +4,9 @@
     python tools/evaluate_all.py --config-file configs/vitl.yaml [--num-gpus N] \
         [--output results.md] MODEL.WEIGHTS model.pth
 
+It starts its processes as train_net.py does: --num-gpus (and --num-machines, --machine-rank,
+--dist-url), or torchrun (lmseg/launch.py).
+
 Benchmarks whose folders are missing under $DETECTRON2_DATASETS are listed as skipped, with the
 folder they need; they are not failures. The table (mIoU, %) goes to --output (default
 OUTPUT_DIR/benchmarks.md) and the full metrics to the same path with a .json suffix.
@@ -14,13 +17,14 @@ import os
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 
 from lmseg.checkpoint import MissingWeightsError, check_weights_file, load_weights
 from lmseg.config import get_lmseg_cfg
 from lmseg.data import benchmarks, datasets_root
 from lmseg.engine import Trainer, setup
+from lmseg.launch import LaunchError, check_launch_arguments, launch
 
 # The six zero-shot benchmarks, in the order of the papers' tables.
 ZERO_SHOT = [
@@ -93,9 +97,9 @@ if __name__ == "__main__":
     parser.add_argument("--output", default="", help="Markdown file to write (default OUTPUT_DIR/benchmarks.md)")
     args = parser.parse_args()
     try:  # before anything is built or written: no table for weights that are not there
+        check_launch_arguments(args)
         check_weights_file(get_lmseg_cfg(args.config_file, args.opts).MODEL.WEIGHTS)
-    except MissingWeightsError as err:
+    except (LaunchError, MissingWeightsError) as err:
         print(f"evaluate_all.py: error: {err}", file=sys.stderr)
         sys.exit(2)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(main, args)
