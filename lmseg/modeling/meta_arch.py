@@ -564,7 +564,7 @@ class LMSeg(nn.Module):
                 if classes is not None and not compact:
                     out.fill_(other)
             stop = start + y.shape[0]
-            out[slice(start, stop) if classes is None or compact else classes[start:stop]] = y
+            out[slice(start, stop) if classes is None or compact else classes[start:stop]] = y.float()
             start = stop
         if compact:
             return {"kept_scores": out, "kept_classes": classes, "other_score": other}
