@@ -67,5 +67,8 @@ def test_a_name_held_as_it_is_wins_over_the_singular_of_another():
     found = find_descriptions(["glasses", "Glasses, spectacles", "glass", "cups, glass"], [table])
     assert found["glasses"] == eyeglasses and found["Glasses, spectacles"] == eyeglasses
     assert found["glass"] == ENTRY
-    # every synonym is tried as it is before any is reduced to its singular
-    assert find_descriptions(["cups, glass"], [{"cup": eyeglasses, "glass": ENTRY}])["cups, glass"] == ENTRY
+    # synonyms in order, tables in order: a plural finds its singular in an earlier table or as an
+    # earlier synonym before a later table or synonym holds it as written
+    mine = dict(ENTRY, color="mine")
+    assert find_descriptions(["cups"], [{"cup": mine}, {"cups": ENTRY}])["cups"] == mine
+    assert find_descriptions(["cats, kitty"], [{"cat": mine, "kitty": ENTRY}])["cats, kitty"] == mine

@@ -1,17 +1,18 @@
 """Finding the descriptions of the names people type in a table of descriptions.
 
 A vocabulary entry may hold synonyms ("cup, mug"); each of them is tried in order and the first one
-described wins. Names are compared in lower case with surrounding and repeated whitespace removed:
-first as they are, then with simple English plurals reduced to the singular ("cats" -> "cat",
-"buses" -> "bus", "berries" -> "berry"), so that a name the tables hold as it is ("glasses", a
-synonym of eyeglasses) is not taken for the singular of another ("glass"). A table key with a
+described wins, each in the tables in order (the first table that has it wins). Names are compared
+in lower case with surrounding and repeated whitespace removed: in each table first as they are,
+then with simple English plurals reduced to the singular ("cats" -> "cat", "buses" -> "bus",
+"berries" -> "berry"), so that a name a table holds as it is ("glasses", a synonym of eyeglasses)
+is not taken for the singular of another ("glass"). A table key with a
 parenthesised qualifier ("bow (weapon)") also answers to its bare name ("bow") when no other key
 has that bare name.
 """
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 _QUALIFIER = re.compile(r"\s*\([^)]*\)\s*$")
 
@@ -45,33 +46,37 @@ def normalise(name: str) -> str:
 
 
 class DescriptionIndex:
-    """The keys of one or more descriptions tables by normalised name; earlier tables win."""
+    """The keys of one or more descriptions tables by name, as written and singular."""
 
     def __init__(self, tables: Iterable[Mapping[str, Mapping[str, str]]]):
-        self._literal: Dict[str, Mapping[str, str]] = {}
-        self._exact: Dict[str, Mapping[str, str]] = {}
+        # per table: its names in lower case as written, and reduced to the singular
+        self._tables: List[Tuple[Dict[str, Mapping[str, str]], Dict[str, Mapping[str, str]]]] = []
         bare: Dict[str, List[Mapping[str, str]]] = {}
         for table in tables:
+            literal: Dict[str, Mapping[str, str]] = {}
+            singular: Dict[str, Mapping[str, str]] = {}
             for key, entry in table.items():
                 for name in [key, *synonyms(key)]:
-                    self._literal.setdefault(_literal(name), entry)
-                    self._exact.setdefault(normalise(name), entry)
+                    literal.setdefault(_literal(name), entry)
+                    singular.setdefault(normalise(name), entry)
                 for name in synonyms(key):
                     stripped = _QUALIFIER.sub("", name)
                     if stripped != name:
                         bare.setdefault(normalise(stripped), [])
                         if entry not in bare[normalise(stripped)]:
                             bare[normalise(stripped)].append(entry)
+            self._tables.append((literal, singular))
         # A bare name answers only when exactly one qualified key has it.
         self._bare = {n: e[0] for n, e in bare.items() if len(e) == 1}
 
     def find(self, entry: str) -> Optional[Dict[str, str]]:
-        """The descriptions of the first name of ``entry`` that has any, or None."""
-        names = [entry, *synonyms(entry)]
-        for table, form in ((self._literal, _literal), (self._exact, normalise)):
-            for name in names:
-                if form(name) in table:
-                    return dict(table[form(name)])
+        """The descriptions of ``entry``, or None: its names in order, each looked up in the tables
+        in order, in each as written and then singular; then a qualified key's bare name."""
+        for name in [entry, *synonyms(entry)]:
+            for literal, singular in self._tables:
+                for table, key in ((literal, _literal(name)), (singular, normalise(name))):
+                    if key in table:
+                        return dict(table[key])
         for name in synonyms(entry):
             key = normalise(name)
             if key in self._bare:
