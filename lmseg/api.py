@@ -293,8 +293,8 @@ class Segmenter:
     @torch.no_grad()
     def _segment_batch(self, images: List[np.ndarray], keep_probabilities: bool) -> List[Segmentation]:
         t = len(self.vocabulary)
-        rows = t  # score maps the model returns per image
-        if t > self.model.class_cap and self._runner is self.model:
+        rows = t  # score maps per image: all of them when the probabilities are kept
+        if t > self.model.class_cap and self._runner is self.model and not keep_probabilities:
             views = self.model.windows.num_views if self.model.sliding_window else 1
             rows = min(t, views * self.model.class_cap)
         inputs = []

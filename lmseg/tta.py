@@ -28,6 +28,13 @@ def check_test_aug(cfg) -> None:
             "model sees. Set TEST.SLIDING_WINDOW True (the scales then scale the sliding grid), or "
             f"TEST.AUG.MIN_SIZES ({cfg.INPUT.MIN_SIZE_TEST},) for the flip alone"
         )
+    if cfg.TEST.AUG.FLIP and not cfg.TEST.SLIDING_WINDOW and cfg.TEST.KEEP_PADDING and cfg.INPUT.SIZE_DIVISIBILITY > 0:
+        raise ValueError(
+            "TEST.AUG.FLIP with TEST.KEEP_PADDING True and INPUT.SIZE_DIVISIBILITY > 0 on the whole-image "
+            "path: the padded strip kept at the right would land on the left of a flipped pass, so the "
+            "flipped scores cannot be undone. Set TEST.AUG.FLIP False, TEST.KEEP_PADDING False, or "
+            "TEST.SLIDING_WINDOW True"
+        )
 
 
 class SemSegTTA(nn.Module):

@@ -427,6 +427,11 @@ def test_test_time_scales_are_refused_where_they_change_nothing():
     flip_only = SemSegTTA(tiny_cfg("TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(96,)"), model)
     batch = eval_batch()
     assert (scores(flip_only, batch)[0] - scores(model, batch)[0]).abs().max() > 1e-4
+    # but not where a kept padded strip would move to the other side in a flipped pass
+    padded = ("TEST.AUG.MIN_SIZES", "(96,)", "TEST.KEEP_PADDING", "True", "INPUT.SIZE_DIVISIBILITY", "32")
+    with pytest.raises(ValueError, match="flipped scores cannot be undone"):
+        LMSeg.from_config(tiny_cfg("TEST.AUG.ENABLED", "True", *padded))
+    LMSeg.from_config(tiny_cfg("TEST.AUG.ENABLED", "True", "TEST.AUG.FLIP", "False", *padded))
 
 
 def test_segmenter_applies_test_time_augmentation_as_evaluation_does():
@@ -498,3 +503,23 @@ def test_segmenter_past_the_class_cap_gives_the_dense_results():
     np.testing.assert_array_equal(compact.pixel_share, dense.pixel_share)
     torch.testing.assert_close(compact.probabilities, dense.probabilities, rtol=0, atol=0)
     assert len(compact.present) >= 1 and all(i < 40 for i in compact.present)
+
+
+def test_segmenter_keeps_the_score_budget_past_the_class_cap(monkeypatch):
+    import numpy as np
+
+    from lmseg import Segmenter, api
+
+    seg = Segmenter.from_config(TINY_CONFIG, opts=["MODEL.LMSEG.CLASS_CAP", "4", "TEST.SLIDING_WINDOW", "True"])
+    seg.set_vocabulary([f"class {i}" for i in range(400)])
+    monkeypatch.setattr(api, "SCORE_ELEMENTS", 40 * 96 * 128)
+    image = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
+    # the kept classes' maps alone (at most 5 views x 4) come at the full processing size (96 x 128) ...
+    sizes = []
+    forward = seg.model.forward
+    monkeypatch.setattr(seg.model, "forward", lambda inputs: (sizes.append((inputs[0]["height"], inputs[0]["width"])), forward(inputs))[1])
+    seg(image)
+    assert sizes[-1] == (96, 128)
+    # ... while all 400 classes' probabilities, when kept, fit the budget
+    probabilities = seg(image, probabilities=True).probabilities
+    assert probabilities.shape[0] == 400 and probabilities[0].numel() * 400 <= 40 * 96 * 128

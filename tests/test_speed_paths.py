@@ -86,14 +86,18 @@ def test_bfloat16_paths_match_float32(sam, sliding, past_the_cap):
             for p in model.fusion.parameters():
                 p.normal_()
     batch = eval_batch(num_images=2)
+    kept = []
+    if past_the_cap:
+        # bfloat16 may keep other classes where two peak similarities are within its rounding: the
+        # bfloat16 pass reuses the float32 pass's selection, so that the scores compare
+        select = model._select_classes
+        model._select_classes = lambda *args: kept[0] if kept else (kept.append(select(*args)), kept[0])[1]
     fp32 = scores(model, batch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = scores(model, batch)
+    assert len(kept) == past_the_cap
     for a, b in zip(bf16, fp32):
-        assert a.dtype == torch.float32 and a.shape == b.shape and torch.isfinite(a).all()
-        if past_the_cap:
-            # the classes kept may differ where two peak similarities are within bfloat16's rounding
-            continue
+        assert a.dtype == torch.float32 and a.shape == b.shape
         assert (a - b).abs().max() < 0.03  # bfloat16 keeps 8 bits of mantissa
         assert (a - b).abs().mean() < 0.003
 
