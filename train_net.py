@@ -84,4 +84,7 @@ if __name__ == "__main__":
                         help="with --eval-only and no MODEL.WEIGHTS, score the randomly initialised model")
     args = parser.parse_args()
     check_arguments(args)
-    launch(main, args)
+    try:
+        launch(main, args)
+    except LaunchError as err:  # a torchrun process that cannot join its run (no GPU of its own)
+        sys.exit(_usage_error(str(err)))

@@ -47,11 +47,14 @@ class TorchrunProcess:
 
 def torchrun_process(environ: Mapping[str, str] = os.environ) -> Optional[TorchrunProcess]:
     """This process's place in a torchrun run of several processes, read from torchrun's
-    variables; None where ``WORLD_SIZE`` is unset or 1 (a run of one process needs no group)."""
+    variables; None where ``WORLD_SIZE`` is unset or 1 (a run of one process needs no group), and
+    where neither ``LOCAL_RANK`` nor torchrun's ``TORCHELASTIC_RUN_ID`` is set: cluster schedulers
+    that export ``WORLD_SIZE``, ``RANK`` and ``MASTER_ADDR`` for a per-machine command (Kubeflow's
+    PyTorchJob, for one) are left to detectron2's launcher and its command-line arguments."""
     if not environ.get("WORLD_SIZE"):
         return None
     world_size = _int_variable(environ, "WORLD_SIZE")
-    if world_size <= 1:
+    if world_size <= 1 or not (environ.get("LOCAL_RANK") or environ.get("TORCHELASTIC_RUN_ID")):
         return None
     missing = [name for name in TORCHRUN_VARIABLES if not environ.get(name)]
     if missing:
@@ -134,11 +137,11 @@ def launch(main_func: Callable, args, environ: Mapping[str, str] = os.environ):
 def _join_torchrun_group(process: TorchrunProcess) -> None:
     cuda = torch.cuda.is_available()
     if cuda:
-        if process.local_world_size > torch.cuda.device_count():
+        if process.local_rank >= torch.cuda.device_count():
             raise LaunchError(
-                f"LOCAL_WORLD_SIZE={process.local_world_size} processes on this machine need a GPU each, "
-                f"and it has {torch.cuda.device_count()}: give torchrun --nproc_per_node "
-                f"{torch.cuda.device_count()} (or fewer)."
+                f"LOCAL_RANK={process.local_rank}: this process needs a GPU of its own, and it sees "
+                f"{torch.cuda.device_count()}: give torchrun --nproc_per_node {torch.cuda.device_count()} "
+                "(or fewer), or check CUDA_VISIBLE_DEVICES."
             )
         torch.cuda.set_device(process.local_rank)
     dist.init_process_group(

@@ -52,9 +52,14 @@ def test_torchrun_with_the_launchers_arguments_is_refused(argv, named):
 
 
 def test_incomplete_or_uneven_torchrun_variables_are_refused():
-    with pytest.raises(LaunchError, match="WORLD_SIZE=2 makes this process one of 2, but RANK, LOCAL_RANK, "
+    with pytest.raises(LaunchError, match="WORLD_SIZE=2 makes this process one of 2, but RANK, "
                                           "LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT are not set"):
-        torchrun_process({"WORLD_SIZE": "2"})
+        torchrun_process({"WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    # a scheduler's WORLD_SIZE, RANK and MASTER_* without torchrun's own variables: detectron2's launcher
+    kubeflow = {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "23456"}
+    assert torchrun_process(kubeflow) is None
+    with pytest.raises(LaunchError, match="LOCAL_RANK, LOCAL_WORLD_SIZE are not set"):
+        torchrun_process({**kubeflow, "TORCHELASTIC_RUN_ID": "job"})
     with pytest.raises(LaunchError, match="WORLD_SIZE=3 is not a multiple of LOCAL_WORLD_SIZE=2"):
         torchrun_process({**TORCHRUN_ENV, "WORLD_SIZE": "3"})
     with pytest.raises(LaunchError, match="RANK='x' is not a whole number"):

@@ -102,4 +102,8 @@ if __name__ == "__main__":
     except (LaunchError, MissingWeightsError) as err:
         print(f"evaluate_all.py: error: {err}", file=sys.stderr)
         sys.exit(2)
-    launch(main, args)
+    try:
+        launch(main, args)
+    except LaunchError as err:  # a torchrun process that cannot join its run (no GPU of its own)
+        print(f"evaluate_all.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
