@@ -264,9 +264,20 @@ def test_an_output_folder_inside_the_inputs_is_not_segmented_again(tmp_path, cap
         assert capsys.readouterr().out.count(" -> ") == 2  # x.png and sub/y.png, nothing under out/
     # a glob leaves them out too
     assert demo.image_paths([str(photos / "**" / "*.png")], out) == [str(photos / "sub" / "y.png"), str(photos / "x.png")]
-    # an input inside the output folder is searched as named
-    inside = [str(out / name) for name in written if not name.endswith(".json")]
-    assert sorted(demo.image_paths([str(out)], out)) == inside
+    # an input inside the output folder is searched as named, the demo's own results in it excepted
+    _save(out / "z.png", Image.fromarray(_photo(16, 16, seed=2)))
+    assert demo.image_paths([str(out)], out) == [str(out / "z.png")]
+    assert demo.image_paths([str(out / "x.png.overlay.jpg")], out) == [str(out / "x.png.overlay.jpg")]  # named
+
+
+def test_an_output_folder_that_is_the_input_folder_is_not_segmented_again(tmp_path, capsys, weights):
+    photos = tmp_path / "photos"
+    _save(photos / "x.png", Image.fromarray(_photo(16, 16)))
+    args = ["--config-file", TINY_CONFIG, "--weights", weights, "--vocab", "sky,grass", "--output", str(photos)]
+    for _ in range(2):
+        assert demo.main([*args, "--input", str(photos)]) == 0
+        assert sorted(p.name for p in photos.iterdir()) == ["x.png", "x.png.json", "x.png.labels.png", "x.png.overlay.jpg"]
+        assert capsys.readouterr().out.count(" -> ") == 1
 
 
 def test_ctrl_c_in_a_folder_keeps_what_was_written_and_says_so(tmp_path, capsys, monkeypatch, weights):

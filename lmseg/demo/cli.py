@@ -18,7 +18,7 @@ Vocabulary: --vocab (classes separated by ",", synonyms of one class by "|"), or
 class a line, a JSON list of names, or a benchmark name: ade150, ade847, coco, pc59, pc459, voc20);
 neither gives ADE20K's 150 classes (ade150).
 
-The exit statuses are listed at the end of --help (EPILOG).
+The exit statuses are listed at the end of --help.
 """
 from __future__ import annotations
 
@@ -112,12 +112,18 @@ def vocabulary(args) -> List[str]:
 
 
 # ----------------------------------------------------------------------------------------- inputs
+# The demo's results for an image IMG that are images themselves.
+RESULT_SUFFIXES = (".overlay.jpg", ".labels.png")
+
+
 def image_paths(inputs: Sequence[str], output: Optional[Path] = None) -> List[str]:
     """Files named, images found in folders (recursively) and glob matches, in order, once each.
 
     Where the output folder lies inside a folder searched (``--input photos --output photos/out``),
     it and everything under it are left out, so that a second run does not segment the first one's
-    results; an input named inside the output folder is searched as it is.
+    results; an input named inside the output folder is searched as it is, except for the demo's
+    own results in it (``IMG.overlay.jpg``, ``IMG.labels.png``), which folder and glob searches
+    never return (``--input photos --output photos``). Files named one by one are always kept.
     """
     def inside_output(path: str) -> bool:
         if output is None:
@@ -125,17 +131,21 @@ def image_paths(inputs: Sequence[str], output: Optional[Path] = None) -> List[st
         real, out = os.path.realpath(path), os.path.realpath(output)
         return real == out or real.startswith(out.rstrip(os.sep) + os.sep)
 
+    def searched(path: str) -> bool:
+        return not (path.endswith(RESULT_SUFFIXES) and inside_output(path))
+
     paths = []
     for item in inputs:
         if os.path.isdir(item):
             keep_output = inside_output(item)
             for root, dirs, files in os.walk(item):
                 dirs[:] = sorted(d for d in dirs if keep_output or not inside_output(os.path.join(root, d)))
-                paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
+                found = [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
+                paths += [p for p in found if searched(p)]
         elif glob.has_magic(item):
             keep_output = inside_output(_literal_prefix(item))
             matches = [p for p in glob.glob(item, recursive=True) if os.path.isfile(p)]
-            paths += sorted(p for p in matches if keep_output or not inside_output(p))
+            paths += sorted(p for p in matches if (keep_output or not inside_output(p)) and searched(p))
         else:
             paths.append(item)  # reported later if missing or not an image
     return list(dict.fromkeys(os.path.normpath(p) for p in paths))

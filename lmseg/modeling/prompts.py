@@ -5,6 +5,7 @@ model's vocabulary and its cached text embeddings are :mod:`lmseg.modeling.class
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import os
@@ -198,7 +199,8 @@ def _ask_llm(names: List[str], vocabulary: List[str], *, model: str, base_url: O
     """
     if comm.get_world_size() == 1:
         return _describe_with_llm(names, vocabulary, model=model, base_url=base_url, cache=cache) if names else {}
-    lacking = comm.all_gather(list(names))  # the names of every process, by rank
+    group = _llm_group()
+    lacking = comm.all_gather(list(names), group=group)  # the names of every process, by rank
     disagree = [rank for rank, other in enumerate(lacking) if other != lacking[0]]
     if disagree:
         raise RuntimeError(
@@ -217,12 +219,29 @@ def _ask_llm(names: List[str], vocabulary: List[str], *, model: str, base_url: O
             error, answer = e, f"{type(e).__name__}: {e}"
     else:
         logger.info("Waiting for the main process to describe %d undescribed classes", len(names))
-    answer = comm.all_gather(answer)[0]  # the main process's descriptions, or why it has none
+    answer = comm.all_gather(answer, group=group)[0]  # the main process's descriptions, or why it has none
     if error is not None:
         raise error
     if isinstance(answer, str):
         raise RuntimeError(f"MODEL.PROMPTS.LLM: the main process failed to get the descriptions: {answer}")
     return answer
+
+
+# How long the other processes wait for the main process's LLM answers: a large undescribed
+# vocabulary on a slow server takes far longer than a process group's default timeout (30 min).
+LLM_WAIT = datetime.timedelta(hours=24)
+
+
+_LLM_GROUPS: Dict[int, "torch.distributed.ProcessGroup"] = {}
+
+
+def _llm_group() -> "torch.distributed.ProcessGroup":
+    """A gloo group of every process that waits up to :data:`LLM_WAIT`, made once per process
+    group (by every process together, at its first exchange)."""
+    world = id(torch.distributed.group.WORLD)
+    if world not in _LLM_GROUPS:
+        _LLM_GROUPS[world] = torch.distributed.new_group(backend="gloo", timeout=LLM_WAIT)
+    return _LLM_GROUPS[world]
 
 
 def _describe_with_llm(names: List[str], vocabulary: List[str], *, model: str, base_url: Optional[str], cache: str) -> Descriptions:
