@@ -67,12 +67,14 @@ def _name_clashes(names: Sequence[str]) -> List[str]:
             continue
         i, name = clash
         earlier = next(s for s in _synonyms(names[i]) if s.casefold() == name.casefold())
-        merged = "|".join(dict.fromkeys(_synonyms(names[i]) + _synonyms(entry)))
+        spellings: Dict[str, str] = {}  # the synonyms of both, each name once whatever its case
+        for synonym in _synonyms(names[i]) + _synonyms(entry):
+            spellings.setdefault(synonym.casefold(), synonym)
+        merged = "|".join(spellings.values())
         if len(_synonyms(names[i])) == len(_synonyms(entry)) == 1:
-            fix = f"merge them as {merged!r} or drop one" if earlier != name else "drop one"
             how = "case is ignored" if earlier != name else "surrounding spaces are ignored"
             clashes.append(
-                f"{entry!r} (entry {j + 1}) and {names[i]!r} (entry {i + 1}) are the same name once {how}; {fix}"
+                f"{entry!r} (entry {j + 1}) and {names[i]!r} (entry {i + 1}) are the same name once {how}; drop one"
             )
         else:  # entries shown with "|" between synonyms, as the demos and lmseg.Segmenter take them
             spelt = "" if earlier == name else f" (as {earlier!r}, case ignored)"
