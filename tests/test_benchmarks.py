@@ -64,3 +64,18 @@ def test_evaluate_all_writes_a_table_and_lists_absent_benchmarks_as_skipped(benc
     skipped = "\n".join(table)
     assert "ade20k_full_sem_seg_freq_val_all: " in skipped and "ADE20K_2021_17_01" in skipped
     assert output.with_suffix(".json").is_file()
+
+
+def test_evaluate_all_stops_when_the_processes_see_different_benchmarks(monkeypatch, tmp_path):
+    """Processes that would evaluate different benchmarks would wait on each other's collectives:
+    every one stops with the lists instead (two processes, simulated)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_all", REPO / "tools" / "evaluate_all.py")
+    evaluate_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_all)
+    monkeypatch.setattr(evaluate_all, "find_benchmarks", lambda root: (["ade20k_150_test_sem_seg"], {}))
+    monkeypatch.setattr(evaluate_all.comm, "all_gather", lambda data: [data, []])
+    args = default_argument_parser().parse_args(["--config-file", TINY_CONFIG, "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(RuntimeError, match=r"process 0: ade20k_150_test_sem_seg; process 1: none\): every machine"):
+        evaluate_all.main(args)

@@ -70,6 +70,13 @@ def markdown_table(model_name: str, results: Dict[str, Dict], missing: Dict[str,
 def main(args):
     cfg = setup(args)
     present, missing = find_benchmarks(datasets_root())
+    found = comm.all_gather(present)  # every process must evaluate the same benchmarks, in step
+    if any(other != present for other in found):
+        raise RuntimeError(
+            "the processes find different benchmarks on disk ("
+            + "; ".join(f"process {rank}: {', '.join(names) or 'none'}" for rank, names in enumerate(found))
+            + "): every machine must see the same datasets folder ($DETECTRON2_DATASETS)"
+        )
     results = {}
     if present:
         cfg.defrost()
