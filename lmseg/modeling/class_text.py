@@ -8,6 +8,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..descriptions.lookup import synonyms
 from .clip_encoder import ClipEncoder
 from .prompts import DescriptionsArg, PromptBuilder
 
@@ -48,10 +49,6 @@ def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
 _MAX_CLASHES = 5
 
 
-def _synonyms(entry: str) -> List[str]:
-    return [s.strip() for s in entry.split(",") if s.strip()]
-
-
 def _name_clashes(names: Sequence[str]) -> List[str]:
     """One sentence per entry that shares a name (case and surrounding whitespace ignored) with an
     earlier entry, naming both entries (numbered from 1) and how to resolve it."""
@@ -59,26 +56,26 @@ def _name_clashes(names: Sequence[str]) -> List[str]:
     clashes = []
     for j, entry in enumerate(names):
         clash = None
-        for name in _synonyms(entry):
+        for name in synonyms(entry):
             i = owner.setdefault(name.casefold(), j)
             if i != j and clash is None:
                 clash = i, name
         if clash is None:
             continue
         i, name = clash
-        earlier = next(s for s in _synonyms(names[i]) if s.casefold() == name.casefold())
-        spellings: Dict[str, str] = {}  # the synonyms of both, each name once whatever its case
-        for synonym in _synonyms(names[i]) + _synonyms(entry):
-            spellings.setdefault(synonym.casefold(), synonym)
-        merged = "|".join(spellings.values())
-        if len(_synonyms(names[i])) == len(_synonyms(entry)) == 1:
+        earlier = next(s for s in synonyms(names[i]) if s.casefold() == name.casefold())
+        if len(synonyms(names[i])) == len(synonyms(entry)) == 1:
             how = "case is ignored" if earlier != name else "surrounding spaces are ignored"
             clashes.append(
                 f"{entry!r} (entry {j + 1}) and {names[i]!r} (entry {i + 1}) are the same name once {how}; drop one"
             )
         else:  # entries shown with "|" between synonyms, as the demos and lmseg.Segmenter take them
+            spellings: Dict[str, str] = {}  # the synonyms of both, each name once whatever its case
+            for synonym in synonyms(names[i]) + synonyms(entry):
+                spellings.setdefault(synonym.casefold(), synonym)
+            merged = "|".join(spellings.values())
             spelt = "" if earlier == name else f" (as {earlier!r}, case ignored)"
-            later, first = "|".join(_synonyms(entry)), "|".join(_synonyms(names[i]))
+            later, first = "|".join(synonyms(entry)), "|".join(synonyms(names[i]))
             clashes.append(
                 f"{later!r} (entry {j + 1}) and {first!r} (entry {i + 1}) both name {name!r}{spelt}; "
                 f"merge them as {merged!r}, or drop {name!r} from one"
@@ -90,9 +87,9 @@ def _is_benchmark_vocabulary(names: Sequence[str]) -> bool:
     """Whether the names are a shipped benchmark's class list (synonyms compared stripped)."""
     from ..data.vocabularies import BENCHMARK_VOCABULARIES, load_vocabulary
 
-    cleaned = [_synonyms(n) for n in names]
+    cleaned = [synonyms(n) for n in names]
     return any(
-        len(names) == size and cleaned == [_synonyms(n) for n in load_vocabulary(short)]
+        len(names) == size and cleaned == [synonyms(n) for n in load_vocabulary(short)]
         for short, size in BENCHMARK_VOCABULARIES.items()
     )
 
