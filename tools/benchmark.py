@@ -56,8 +56,6 @@ def _cfg(args):
     cfg = get_lmseg_cfg(args.config_file, args.opts)
     cfg.MODEL.CLIP.PRETRAINED = ""
     cfg.MODEL.SAM.CHECKPOINT = ""
-    if getattr(args, "device", ""):
-        cfg.MODEL.DEVICE = args.device
     use_cpu_without_cuda(cfg)
     return cfg
 
@@ -226,8 +224,7 @@ def _time_forward(model, batch, device: str, dtype, warmup: int, runs: int) -> d
 
 def _inference_setup(args):
     """The model with ``args.classes`` names on ``args``'s path, one test image, the autocast dtype."""
-    device = ["MODEL.DEVICE", args.device] if args.device else []
-    cfg, model, batch = _eval_model(args.config_file, [*args.opts, *device, "TEST.SLIDING_WINDOW", str(args.sliding)])
+    cfg, model, batch = _eval_model(args.config_file, [*args.opts, "TEST.SLIDING_WINDOW", str(args.sliding)])
     model.set_vocabulary(_vocabulary(args.classes))
     return cfg, model, batch, _DTYPES[args.precision]
 
@@ -507,6 +504,8 @@ def main(argv=None) -> None:
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every setting")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "device", ""):  # train, inference, ops: --device is MODEL.DEVICE
+        args.opts = [*args.opts, "MODEL.DEVICE", args.device]
     if args.command == "table":
         _check_table_args(parser, args)
     if getattr(args, "warmup", 0) < 0:
