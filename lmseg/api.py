@@ -295,8 +295,7 @@ class Segmenter:
         t = len(self.vocabulary)
         rows = t  # score maps per image: all of them when the probabilities are kept
         if t > self.model.class_cap and self._runner is self.model and not keep_probabilities:
-            views = self.model.windows.num_views if self.model.sliding_window else 1
-            rows = min(t, views * self.model.class_cap)
+            rows = min(t, self.model.max_kept_classes)
         inputs = []
         for rgb in images:
             height, width = rgb.shape[:2]

@@ -35,8 +35,9 @@ from ..tta import check_test_aug
 
 logger = logging.getLogger(__name__)
 
-# Logit given to the classes left out by the class cap.
+# Logit given to the classes left out by the class cap, and the score it gives them.
 EXCLUDED_LOGIT = -100.0
+EXCLUDED_SCORE = torch.sigmoid(torch.tensor(EXCLUDED_LOGIT)).item()
 
 
 @META_ARCH_REGISTRY.register()
@@ -292,6 +293,12 @@ class LMSeg(nn.Module):
         slots = torch.arange(text.shape[1], device=text.device)
         source = torch.where(slots < n_templates, slots, (slots - n_templates) % n_templates)
         return torch.where(drop[:, None, None], text[:, source], text)
+
+    @property
+    def max_kept_classes(self) -> int:
+        """The most classes whose scores a ``kept_classes_only`` output holds per image: the class
+        cap of each of an image's views (windows and whole view on the sliding path)."""
+        return self.class_cap * (self.windows.num_views if self.sliding_window else 1)
 
     @property
     def fusion_weight(self) -> Optional[torch.Tensor]:
@@ -553,7 +560,6 @@ class LMSeg(nn.Module):
         "kept_classes", "other_score"). Only one chunk's intermediate maps exist at a time, and the
         output is never copied.
         """
-        other = torch.sigmoid(torch.tensor(EXCLUDED_LOGIT)).item()
         compact = compact and classes is not None
         out = None
         start = 0
@@ -562,12 +568,12 @@ class LMSeg(nn.Module):
             if out is None:
                 out = y.new_empty((x.shape[dim] if compact else num_classes, *y.shape[1:]), dtype=torch.float32)
                 if classes is not None and not compact:
-                    out.fill_(other)
+                    out.fill_(EXCLUDED_SCORE)
             stop = start + y.shape[0]
             out[slice(start, stop) if classes is None or compact else classes[start:stop]] = y.float()
             start = stop
         if compact:
-            return {"kept_scores": out, "kept_classes": classes, "other_score": other}
+            return {"kept_scores": out, "kept_classes": classes, "other_score": EXCLUDED_SCORE}
         return {"sem_seg": out}
 
 
