@@ -161,3 +161,19 @@ def test_llm_describes_undescribed_names_once_and_caches_them(described, tmp_pat
         assert json.loads(cache.read_text()) == {"flux capacitor": fake_entry("flux capacitor")}
         tiny_model(*opts, vocabulary=["flux capacitor", "dog"])
         assert server.asked() == ["flux capacitor"]  # from the cache: nothing asked again
+
+
+def test_processes_wait_for_the_llm_longer_than_a_process_groups_default(monkeypatch):
+    """The other processes wait for the main one's LLM answers on a group of their own, whose
+    timeout outlasts detectron2's 30 minutes: a large vocabulary on a slow server takes longer."""
+    import torch.distributed as dist
+    from detectron2.engine.launch import DEFAULT_TIMEOUT
+
+    from lmseg.modeling import prompts
+
+    made = []
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: made.append(kwargs) or object())
+    monkeypatch.setattr(prompts, "_LLM_GROUPS", {})
+    group = prompts._llm_group()
+    assert prompts._llm_group() is group and len(made) == 1  # made once per process group
+    assert made[0]["backend"] == "gloo" and made[0]["timeout"] >= 24 * DEFAULT_TIMEOUT
