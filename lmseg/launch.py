@@ -129,7 +129,11 @@ def launch(main_func: Callable, args, environ: Mapping[str, str] = os.environ):
         )
     _join_torchrun_group(process)
     try:
-        return main_func(args)
+        result = main_func(args)
+        # every process leaves together: one that tears down its groups while another still
+        # holds connections to it (rank 0 writing its results) can abort the other's gloo
+        comm.synchronize()
+        return result
     finally:
         dist.destroy_process_group()
 
